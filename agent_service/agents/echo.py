@@ -1,0 +1,70 @@
+"""`echo`: deterministic, streams word by word; metadata can slow it down or make it fail.
+
+metadata:
+  delay       seconds to wait before each chunk (0..60)
+  fail        "transient" | "permanent"
+  fail_times  attempts that fail before it succeeds (default: every attempt)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agent_service.agents.base import (
+    AgentInput,
+    AgentOutput,
+    InvalidAgentInput,
+    PermanentAgentError,
+    TransientAgentError,
+)
+
+MAX_DELAY = 60.0
+
+
+def _number(meta: dict[str, Any], key: str, *, lo: float, hi: float) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise InvalidAgentInput(f"metadata.{key} must be a number between {lo:g} and {hi:g}")
+    return float(value)
+
+
+class EchoAgent:
+    name = "echo"
+    description = "Echoes the message back, word by word when streaming. For tests and demos."
+    available = True
+
+    def _plan(self, data: AgentInput) -> tuple[float, list[str]]:
+        meta = data.metadata
+        delay = _number(meta, "delay", lo=0, hi=MAX_DELAY) or 0.0
+        fail = meta.get("fail")
+        if fail is not None and fail not in ("transient", "permanent"):
+            raise InvalidAgentInput('metadata.fail must be "transient" or "permanent"')
+        fail_times = _number(meta, "fail_times", lo=0, hi=1000)
+        if fail is not None and (fail_times is None or data.attempt <= fail_times):
+            if fail == "transient":
+                raise TransientAgentError(f"echo: simulated transient failure on attempt {data.attempt}")
+            raise PermanentAgentError("echo: simulated permanent failure")
+        # keep the whitespace attached to each word so the chunks join back to the text exactly
+        chunks = re.findall(r"\S+\s*", data.message) or [data.message]
+        return delay, chunks
+
+    async def invoke(self, data: AgentInput) -> AgentOutput:
+        delay, chunks = self._plan(data)
+        if delay:
+            await asyncio.sleep(delay * len(chunks))
+        return AgentOutput(
+            content=data.message,
+            metadata={"agent": self.name, "chunks": len(chunks), "history_length": len(data.history)},
+        )
+
+    async def stream(self, data: AgentInput) -> AsyncIterator[str]:
+        delay, chunks = self._plan(data)
+        for chunk in chunks:
+            if delay:
+                await asyncio.sleep(delay)
+            yield chunk

@@ -1,0 +1,92 @@
+"""/api/v1/agents: list, invoke, stream (SSE) and invoke-async."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from agent_service.api import context
+from agent_service.api.docs import operation
+from agent_service.api.io import json_response, read_json
+from agent_service.schemas import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse, TaskAccepted
+from agent_service.services import invocations
+from agent_service.services.invocations import StreamEvent
+
+_json = msgspec.json.Encoder()
+
+
+def _agent_id(request: Request) -> str | None:
+    value: str | None = request.path_params.get("agent_id")
+    return value
+
+
+@operation(summary="List agents", tag="Agents", response=AgentList,
+           description="Every registered agent, whether it is available on this server and whether it streams.")
+async def list_agents(request: Request) -> Response:
+    return json_response(invocations.list_agents(context.deps(request)))
+
+
+@operation(summary="Invoke an agent", tag="Agents", request=InvokeRequest, response=InvokeResponse,
+           errors=(400, 404, 413, 415, 422, 502, 503, 504),
+           description="Run the agent (the default one when no id is given) and wait for its answer.")
+async def invoke(request: Request) -> Response:
+    deps = context.deps(request)
+    body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
+    return json_response(await invocations.invoke(deps, _agent_id(request), body))
+
+
+def _sse(event: StreamEvent) -> bytes:
+    head = f"event: {event.event}\n"
+    if event.event == "chunk":
+        head += f"id: {event.data['index']}\n"
+    return head.encode() + b"data: " + _json.encode(event.data) + b"\n\n"
+
+
+async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
+    # Starlette cancels this generator when the client disconnects; closing `events`
+    # then closes the agent's own stream, which stops the agent.
+    async for event in events:
+        yield _sse(event)
+
+
+@operation(summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, streams=True,
+           errors=(400, 404, 413, 415, 422, 502, 503),
+           description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
+                       "metadata, or `error`. Disconnecting stops the agent.")
+async def stream(request: Request) -> Response:
+    deps = context.deps(request)
+    body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
+    events = await invocations.open_stream(deps, _agent_id(request), body)
+    return StreamingResponse(
+        _sse_body(events), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@operation(summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
+           response=TaskAccepted, status=202, errors=(400, 404, 413, 415, 422, 503),
+           description="Queue the invocation as a background task and answer at once with its id and "
+                       "status URL. `stream: true` runs the streaming job, whose chunks are kept.")
+async def invoke_async(request: Request) -> Response:
+    deps = context.deps(request)
+    body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
+    agent_id = _agent_id(request) or deps.settings.default_agent
+    accepted = await invocations.enqueue(
+        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request)
+    )
+    return json_response(accepted, status=202, headers={"Location": accepted.status_url})
+
+
+routes = [
+    Route("/agents", list_agents, methods=["GET"]),
+    Route("/agents/invoke", invoke, methods=["POST"]),
+    Route("/agents/stream", stream, methods=["POST"]),
+    Route("/agents/invoke-async", invoke_async, methods=["POST"]),
+    Route("/agents/{agent_id}/invoke", invoke, methods=["POST"]),
+    Route("/agents/{agent_id}/stream", stream, methods=["POST"]),
+    Route("/agents/{agent_id}/invoke-async", invoke_async, methods=["POST"]),
+]

@@ -1,0 +1,32 @@
+"""Operation metadata kept beside each endpoint, read by the OpenAPI builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def operation(
+    *,
+    summary: str,
+    description: str,
+    tag: str,
+    request: type | None = None,
+    response: type | None = None,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+    public: bool = False,
+    streams: bool = False,
+    scope: str | None = None,
+) -> Callable[[F], F]:
+    def mark(fn: F) -> F:
+        fn.__openapi__ = {  # type: ignore[attr-defined]
+            "summary": summary, "description": description, "tag": tag, "request": request,
+            "response": response, "status": status, "errors": errors, "public": public,
+            "streams": streams, "scope": scope, "operation_id": fn.__name__,
+        }
+        return fn
+
+    return mark

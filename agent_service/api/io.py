@@ -1,0 +1,83 @@
+"""Decode request bodies into Structs (listing every bad field) and encode responses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agent_service.errors import MalformedJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_encoder = msgspec.json.Encoder()
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    return bytes(body)
+
+
+def field_errors(obj: Any, typ: type[msgspec.Struct], prefix: str = "$") -> list[dict[str, str]]:
+    """Every problem with `obj` as a `typ`, not just the first one msgspec would report."""
+    if not isinstance(obj, dict):
+        return [{"path": prefix, "message": "Expected a JSON object"}]
+    errors: list[dict[str, str]] = []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+    for key in obj:
+        if key not in fields:
+            errors.append({"path": f"{prefix}.{key}", "message": "Unknown field"})
+    for name, f in fields.items():
+        if name not in obj:
+            if f.required:
+                errors.append({"path": f"{prefix}.{name}", "message": "Field required"})
+            continue
+        try:
+            msgspec.convert(obj[name], f.type)
+        except msgspec.ValidationError as exc:
+            m = _AT.match(str(exc))
+            msg, sub = (m.group("msg"), m.group("path") or "") if m else (str(exc), "")
+            errors.append({"path": f"{prefix}.{name}{sub}", "message": msg})
+    return errors
+
+
+def decode(raw: bytes, typ: type[T]) -> T:
+    try:
+        return msgspec.json.decode(raw, type=typ)
+    except msgspec.ValidationError as first:
+        try:
+            obj = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise MalformedJSON("The request body is not valid JSON.") from None
+        errors = field_errors(obj, typ) or [{"path": "$", "message": str(first)}]
+        raise ValidationFailed("The request body is invalid.", errors=errors) from None
+    except msgspec.DecodeError:
+        raise MalformedJSON("The request body is not valid JSON.") from None
+
+
+async def read_json(request: Request, typ: type[T], *, limit: int) -> T:
+    if not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    return decode(await read_body(request, limit), typ)
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = "application/json"
+) -> Response:
+    return Response(_encoder.encode(obj), status_code=status, headers=headers, media_type=media_type)

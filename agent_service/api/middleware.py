@@ -1,0 +1,69 @@
+"""Request context: X-Request-ID in and out, bound into every log line, one access line per request,
+and a last-resort problem+json 500 that still carries the request id."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_service.api.problems import internal_error
+from agent_service.logging import get_logger
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+log = get_logger("agent_service.http")
+
+
+def request_id_from(scope: Scope) -> str:
+    key: bytes
+    value: bytes
+    for key, value in scope.get("headers", []):
+        if key == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _VALID_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("http.unhandled_error", path=scope.get("path"))
+            if not response_started:
+                await internal_error(scope)(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            log.info(
+                "http.request", method=scope.get("method"), path=scope.get("path"),
+                route=getattr(route, "path", None), status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,142 @@
+"""Settings: one frozen msgspec Struct, read from the environment (and an optional `.env`).
+
+This is the only module that reads `os.environ`. Each field maps to the upper-case
+environment variable of the same name; a bad value fails at start naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from agent_service.errors import ConfigError
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # --- process -------------------------------------------------------------------------
+    app_env: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool | None = None  # None: JSON when stdout is not a TTY
+    var_dir: str = "var"
+
+    # --- stores --------------------------------------------------------------------------
+    redis_url: str | None = None  # None: `dev` starts an embedded server
+    database_path: str = "var/agent_service.db"
+    db_busy_timeout_ms: PositiveInt = 5000
+
+    # --- HTTP ----------------------------------------------------------------------------
+    max_body_bytes: PositiveInt = 1_048_576
+    sync_invoke_timeout: PositiveFloat = 120.0
+    public_base_url: str | None = None  # for absolute status URLs behind a proxy
+
+    # --- agents --------------------------------------------------------------------------
+    default_agent: str = "echo"
+    agents: str = ""  # extra agents, comma-separated `module:attr` paths
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout: PositiveFloat = 60.0
+    llm_system_prompt: str = "You are a helpful assistant."
+
+    # --- jobs (mirrors the Celery seed) -------------------------------------------------
+    queue_name: str = "arq:agent-service"
+    worker_max_jobs: PositiveInt = 50
+    worker_poll_delay: PositiveFloat = 0.05
+    worker_health_interval: PositiveFloat = 5.0
+    worker_heartbeat_max_age: PositiveFloat = 30.0
+    job_max_retries: NonNegInt = 3
+    job_retry_backoff_base: PositiveFloat = 1.0
+    job_retry_backoff_max: PositiveFloat = 600.0
+    job_time_limit: PositiveFloat = 600.0
+    job_soft_time_limit: PositiveFloat = 540.0
+    stream_job_time_limit: PositiveFloat = 900.0
+    stream_job_soft_time_limit: PositiveFloat = 840.0
+    job_result_ttl: PositiveInt = 3600
+
+    def __post_init__(self) -> None:
+        if self.job_soft_time_limit >= self.job_time_limit:
+            raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
+        if self.stream_job_soft_time_limit >= self.stream_job_time_limit:
+            raise ValueError("STREAM_JOB_SOFT_TIME_LIMIT must be below STREAM_JOB_TIME_LIMIT")
+
+    @property
+    def is_dev(self) -> bool:
+        return self.app_env != "production"
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a minimal `.env`: KEY=VALUE lines, `#` comments, optional surrounding quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _convert(name: str, raw: str, typ: Any) -> Any:
+    if raw == "" and _accepts_none(typ):
+        return None
+    try:
+        return msgspec.convert(raw, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{env_name(name)}={raw!r} is invalid: {exc}") from None
+
+
+def _accepts_none(typ: Any) -> bool:
+    return "None" in repr(typ)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env", **overrides: Any
+) -> Settings:
+    """Build Settings from `environ` (default: os.environ) over an optional `.env` file.
+
+    Real environment variables win over the file; keyword overrides win over both.
+    """
+    source: dict[str, str] = {}
+    if env_file is not None:
+        source.update(read_env_file(Path(env_file)))
+    source.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        key = env_name(field.name)
+        if key in source:
+            values[field.name] = _convert(field.name, source[key], field.type)
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def settings_fields() -> list[tuple[str, Any, Any]]:
+    """(ENV_NAME, type, default) for every setting: used to check `.env.example` stays complete."""
+    return [
+        (env_name(f.name), f.type, f.default) for f in msgspec.structs.fields(Settings)
+    ]

@@ -1,0 +1,1 @@
+"""Jobs: names, payloads, the msgpack serializer, live events, retry policy, queue helpers."""

@@ -1,0 +1,74 @@
+"""Live task state in Redis: progress, stream chunks and an append-only event stream per task.
+
+Keys expire with the job result. The event stream (XADD) gives each event an id, so a
+reader can resume after a given id without loss or duplication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from agent_service.jobs.guard import redis_guard
+
+_json = msgspec.json.Encoder()
+
+
+def live_key(task_id: str) -> str:
+    return f"agent:task:{task_id}:live"
+
+
+def chunks_key(task_id: str) -> str:
+    return f"agent:task:{task_id}:chunks"
+
+
+def events_key(task_id: str) -> str:
+    return f"agent:task:{task_id}:events"
+
+
+class TaskEvents:
+    def __init__(self, redis: Redis, *, ttl: int) -> None:
+        self._redis = redis
+        self._ttl = ttl
+
+    @redis_guard
+    async def publish(self, task_id: str, kind: str, data: dict[str, Any], *, progress: int | None = None) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        if progress is not None:
+            pipe.hset(live_key(task_id), mapping={"progress": progress})
+            pipe.expire(live_key(task_id), self._ttl)
+        pipe.xadd(events_key(task_id), {"type": kind, "data": _json.encode(data)}, maxlen=100_000)
+        pipe.expire(events_key(task_id), self._ttl)
+        await pipe.execute()
+
+    async def progress(self, task_id: str, value: int) -> None:
+        await self.publish(task_id, "progress", {"progress": value}, progress=value)
+
+    @redis_guard
+    async def chunk(self, task_id: str, index: int, content: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.rpush(chunks_key(task_id), content)
+        pipe.expire(chunks_key(task_id), self._ttl)
+        pipe.xadd(
+            events_key(task_id), {"type": "chunk", "data": _json.encode({"index": index, "content": content})},
+            maxlen=100_000,
+        )
+        pipe.expire(events_key(task_id), self._ttl)
+        await pipe.execute()
+
+    @redis_guard
+    async def reset_chunks(self, task_id: str) -> None:
+        """A re-run (retry or re-delivery) starts its stream output afresh: overwrite, never duplicate."""
+        await self._redis.delete(chunks_key(task_id))
+
+    @redis_guard
+    async def get_progress(self, task_id: str) -> int | None:
+        raw = await self._redis.hget(live_key(task_id), "progress")  # type: ignore[misc]
+        return int(raw) if raw is not None else None
+
+    @redis_guard
+    async def get_chunks(self, task_id: str) -> list[str]:
+        raw: list[bytes] = await self._redis.lrange(chunks_key(task_id), 0, -1)  # type: ignore[misc]
+        return [c.decode() for c in raw]

@@ -1,0 +1,73 @@
+"""Enqueue helpers and result lookup over arq, shared by the web process and scripts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import result_key_prefix
+from arq.jobs import Job
+from redis.asyncio import ConnectionPool
+
+from agent_service.config import Settings
+from agent_service.jobs import serializer
+from agent_service.jobs.guard import redis_guard
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set (run `python -m agent_service dev` for an embedded server)")
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def connect(settings: Settings) -> ArqRedis:
+    """A lazily-connecting pool: the web process starts (and serves sync invokes) with Redis down."""
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set")
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=serializer.serialize,
+        job_deserializer=serializer.deserialize,
+        default_queue_name=settings.queue_name,
+    )
+
+
+class JobQueue:
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis = redis
+        self._queue_name = settings.queue_name
+
+    @redis_guard
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    @redis_guard
+    async def enqueue(
+        self, function: str, payload: msgspec.Struct | dict[str, Any], *, job_id: str,
+        defer_until: datetime | None = None, defer_by: float | None = None,
+    ) -> bool:
+        """Queue `function(payload)` under `job_id`; False if a job with that id already exists."""
+        arg = msgspec.to_builtins(payload) if isinstance(payload, msgspec.Struct) else payload
+        job = await self.redis.enqueue_job(
+            function, arg, _job_id=job_id, _queue_name=self._queue_name,
+            _defer_until=defer_until, _defer_by=defer_by,
+        )
+        return job is not None
+
+    @redis_guard
+    async def result(self, job_id: str) -> dict[str, Any] | None:
+        """The stored job result `{success, result}` while it is kept, else None."""
+        job = Job(job_id, self.redis, _queue_name=self._queue_name, _deserializer=serializer.deserialize)
+        info = await job.result_info()
+        if info is None:
+            return None
+        return {"success": info.success, "result": info.result}
+
+    @redis_guard
+    async def has_result(self, job_id: str) -> bool:
+        return bool(await self.redis.exists(result_key_prefix + job_id))

@@ -1,0 +1,54 @@
+"""Everything a service needs, built once per process (web lifespan or worker start-up)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from arq.connections import ArqRedis
+
+from agent_service.agents.registry import AgentRegistry
+from agent_service.clock import Clock, utcnow
+from agent_service.config import Settings
+from agent_service.jobs import queue as job_queue
+from agent_service.jobs.events import TaskEvents
+from agent_service.jobs.queue import JobQueue
+from agent_service.storage.db import Database
+from agent_service.storage.migrate import migrate
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    db: Database
+    redis: ArqRedis
+    queue: JobQueue
+    events: TaskEvents
+    agents: AgentRegistry
+    http: httpx.AsyncClient
+    clock: Clock = utcnow
+    rng: Callable[[], float] = field(default=random.random)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.redis.aclose()
+        await self.db.close()
+
+
+async def open_deps(settings: Settings, *, redis: ArqRedis | None = None, clock: Clock = utcnow) -> Deps:
+    db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+    await migrate(db)
+    http = httpx.AsyncClient(timeout=settings.llm_timeout)
+    redis = redis if redis is not None else job_queue.connect(settings)
+    return Deps(
+        settings=settings,
+        db=db,
+        redis=redis,
+        queue=JobQueue(redis, settings),
+        events=TaskEvents(redis, ttl=settings.job_result_ttl),
+        agents=AgentRegistry.from_settings(settings, http),
+        http=http,
+        clock=clock,
+    )

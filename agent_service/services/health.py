@@ -1,0 +1,45 @@
+"""Readiness: Redis answers, the database answers, and a worker has sent a fresh heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq.constants import health_check_key_suffix
+
+from agent_service.schemas import Health, HealthComponent
+from agent_service.services.deps import Deps
+
+
+async def _redis(deps: Deps) -> HealthComponent:
+    try:
+        async with asyncio.timeout(2):
+            await deps.redis.ping()
+    except Exception:
+        return HealthComponent(ok=False, detail="redis unreachable")
+    return HealthComponent(ok=True)
+
+
+async def _database(deps: Deps) -> HealthComponent:
+    try:
+        async with asyncio.timeout(2):
+            await deps.db.fetchone("SELECT 1")
+    except Exception:
+        return HealthComponent(ok=False, detail="database unavailable")
+    return HealthComponent(ok=True)
+
+
+async def _worker(deps: Deps) -> HealthComponent:
+    # arq's own heartbeat key: written every WORKER_HEALTH_INTERVAL, expiring one second later
+    try:
+        async with asyncio.timeout(2):
+            alive = await deps.redis.exists(deps.settings.queue_name + health_check_key_suffix)
+    except Exception:
+        return HealthComponent(ok=False, detail="worker heartbeat unknown (redis unreachable)")
+    return HealthComponent(ok=True) if alive else HealthComponent(ok=False, detail="no fresh worker heartbeat")
+
+
+async def readiness(deps: Deps) -> Health:
+    redis, db, worker = await asyncio.gather(_redis(deps), _database(deps), _worker(deps))
+    components = {"redis": redis, "database": db, "worker": worker}
+    ok = all(c.ok for c in components.values())
+    return Health(status="ok" if ok else "unavailable", components=components)

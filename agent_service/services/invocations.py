@@ -1,0 +1,140 @@
+"""Invoke an agent: synchronously, as a stream of chunks, or as a queued background task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import msgspec
+
+from agent_service.agents.base import Agent, AgentError, AgentInput, StreamMeta
+from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable
+from agent_service.jobs import names
+from agent_service.jobs.payloads import AgentJob
+from agent_service.logging import get_logger
+from agent_service.schemas import (
+    AgentInfo,
+    AgentList,
+    InvokeAsyncRequest,
+    InvokeRequest,
+    InvokeResponse,
+    TaskAccepted,
+)
+from agent_service.services.agent_errors import to_app_error
+from agent_service.services.deps import Deps
+from agent_service.storage import tasks as task_store
+
+log = get_logger(__name__)
+
+
+class StreamEvent(msgspec.Struct, kw_only=True):
+    event: str  # chunk | done | error
+    data: dict[str, Any]
+
+
+def list_agents(deps: Deps) -> AgentList:
+    return AgentList(
+        agents=[
+            AgentInfo(id=a.name, description=a.description, available=a.available, streaming=True)
+            for a in deps.agents.all()
+        ],
+        default_agent=deps.settings.default_agent,
+    )
+
+
+def resolve_agent(deps: Deps, agent_id: str | None) -> Agent:
+    name = agent_id or deps.settings.default_agent
+    agent = deps.agents.get(name)
+    if agent is None:
+        raise NotFound(f"No agent named {name!r}.", code="agent_not_found")
+    if not agent.available:
+        raise ServiceUnavailable(f"Agent {name!r} is not configured on this server.", code="agent_unavailable")
+    return agent
+
+
+def _input(req: InvokeRequest) -> AgentInput:
+    return AgentInput(message=req.message, session_id=req.session_id, metadata=dict(req.metadata or {}))
+
+
+async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest) -> InvokeResponse:
+    agent = resolve_agent(deps, agent_id)
+    try:
+        async with asyncio.timeout(deps.settings.sync_invoke_timeout):
+            out = await agent.invoke(_input(req))
+    except TimeoutError:
+        raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
+    except AgentError as exc:
+        raise to_app_error(exc) from None
+    return InvokeResponse(response=out.content, metadata={**out.metadata, "agent_id": agent.name})
+
+
+async def open_stream(deps: Deps, agent_id: str | None, req: InvokeRequest) -> AsyncIterator[StreamEvent]:
+    """Start the agent's stream and wait for its first item, so that bad input or an unavailable
+    agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
+    agent = resolve_agent(deps, agent_id)
+    source = agent.stream(_input(req))
+    try:
+        first = await anext(source, None)
+    except AgentError as exc:
+        await source.aclose()  # type: ignore[attr-defined]
+        raise to_app_error(exc) from None
+    return _events(agent.name, source, first)
+
+
+async def _events(agent_name: str, source: AsyncIterator[Any], first: Any) -> AsyncIterator[StreamEvent]:
+    index = 0
+    meta: dict[str, Any] = {"agent_id": agent_name}
+    async with aclosing(source):  # type: ignore[type-var]
+        item = first
+        try:
+            while item is not None:
+                if isinstance(item, StreamMeta):
+                    meta.update(item.metadata)
+                else:
+                    yield StreamEvent(event="chunk", data={"index": index, "content": item})
+                    index += 1
+                item = await anext(source, None)
+        except AgentError as exc:
+            err = to_app_error(exc)
+            yield StreamEvent(event="error", data={"code": err.code, "detail": err.detail, "status": err.status})
+            return
+        except Exception:
+            log.exception("stream.agent_crashed", agent=agent_name)
+            yield StreamEvent(event="error", data={"code": "agent_error", "detail": "The agent failed.", "status": 502})
+            return
+    yield StreamEvent(event="done", data={"chunks": index, "metadata": meta})
+
+
+def status_url(deps: Deps, task_id: str) -> str:
+    path = f"/api/v1/agents/tasks/{task_id}"
+    base = deps.settings.public_base_url
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+async def enqueue(
+    deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str | None, request_id: str | None
+) -> TaskAccepted:
+    agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
+    task_id = uuid.uuid4().hex
+    kind = names.KIND_STREAM if req.stream else names.KIND_INVOKE
+    await task_store.create(
+        deps.db, task_id=task_id, kind=kind, agent_id=agent.name, owner_id=owner_id,
+        request_id=request_id, session_id=req.session_id, now=deps.clock(),
+    )
+    payload = AgentJob(
+        task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
+        metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
+    )
+    try:
+        await deps.queue.enqueue(names.JOB_FOR_KIND[kind], payload, job_id=task_id)
+    except ServiceUnavailable:
+        await task_store.delete(deps.db, task_id)  # the client was told 503: leave no phantom task
+        raise
+    log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
+    return TaskAccepted(
+        task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",
+        status_url=status_url(deps, task_id),
+    )

@@ -1,0 +1,155 @@
+"""The body of the agent jobs: run the agent, report progress, apply the retry policy.
+
+Called by the worker with plain values. Raises RetryLater for a transient failure that has
+tries left, JobFailed for a failure that is final; returns the JobResult otherwise.
+Every effect is an overwrite keyed by task id, so a re-delivered job never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import msgspec
+
+from agent_service.agents.base import (
+    AgentError,
+    AgentInput,
+    AgentUnavailable,
+    PermanentAgentError,
+    StreamMeta,
+    TransientAgentError,
+)
+from agent_service.jobs.payloads import AgentJob
+from agent_service.jobs.retry import RetryLater, backoff_delay
+from agent_service.logging import get_logger
+from agent_service.schemas import JobResult
+from agent_service.services.deps import Deps
+from agent_service.storage import tasks as task_store
+
+log = get_logger("agent_service.jobs")
+
+STREAM_PROGRESS_EVERY = 10
+
+
+class JobFailed(Exception):
+    """Final failure of a job; the message is the reason stored on the task."""
+
+
+class SoftTimeLimit(Exception):
+    pass
+
+
+def _stream_progress(chunks: int) -> int:
+    # the total is unknown while streaming: approach 80 without reaching it
+    return 40 + int(40 * chunks / (chunks + 50))
+
+
+async def _state(deps: Deps, task_id: str, state: str, progress: int | None = None, **data: Any) -> None:
+    await deps.events.publish(task_id, "state", {"state": state, **data}, progress=progress)
+
+
+async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> dict[str, Any] | None:
+    started = time.monotonic()
+    fields = {"job_id": job_id, "task_id": job.task_id, "agent": job.agent_id, "try": attempt}
+    if not await task_store.mark_started(deps.db, job.task_id, tries=attempt, now=deps.clock()):
+        log.info("job.skipped", reason="task already finished or unknown", **fields)
+        return None
+    log.info("job.started", stream=job.stream, **fields)
+    await _state(deps, job.task_id, "STARTED", progress=0, attempt=attempt)
+    soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
+    hard = deps.settings.stream_job_time_limit if job.stream else deps.settings.job_time_limit
+    try:
+        result = await _run(deps, job, attempt=attempt, soft_limit=soft)
+    except TransientAgentError as exc:
+        await _retry_or_fail(deps, job, attempt, str(exc), exc.retry_after, fields, started)
+    except (PermanentAgentError, AgentUnavailable) as exc:
+        await _fail(deps, job, str(exc), fields, started)
+    except SoftTimeLimit:
+        await _fail(deps, job, f"Soft time limit of {soft:g}s exceeded.", fields, started)
+    except AgentError as exc:
+        await _fail(deps, job, str(exc) or "The agent failed.", fields, started)
+    except asyncio.CancelledError:
+        if time.monotonic() - started >= hard - 1:
+            await _fail(deps, job, f"Hard time limit of {hard:g}s exceeded; the job was stopped.", fields, started)
+        raise
+    except Exception:
+        log.exception("job.crashed", **fields)
+        await _fail(deps, job, "The agent crashed (internal error).", fields, started)
+    now = deps.clock()
+    await task_store.mark_finished(deps.db, job.task_id, state="SUCCESS", error=None, now=now)
+    await _state(deps, job.task_id, "SUCCESS", progress=100)
+    log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
+    return msgspec.to_builtins(result)  # type: ignore[no-any-return]
+
+
+async def _run(deps: Deps, job: AgentJob, *, attempt: int, soft_limit: float) -> JobResult:
+    agent = deps.agents.get(job.agent_id)
+    if agent is None:
+        raise PermanentAgentError(f"No agent named {job.agent_id!r}.")
+    await deps.events.progress(job.task_id, 20)
+    data = AgentInput(message=job.message, session_id=job.session_id, metadata=job.metadata, attempt=attempt)
+    await deps.events.progress(job.task_id, 40)
+    started_at = deps.clock()
+    meta: dict[str, Any] = {"agent_id": agent.name}
+    if not job.stream:
+        try:
+            async with asyncio.timeout(soft_limit):
+                out = await agent.invoke(data)
+        except TimeoutError:
+            raise SoftTimeLimit from None
+        await deps.events.progress(job.task_id, 80)
+        return JobResult(
+            content=out.content, metadata={**meta, **out.metadata}, agent_id=agent.name,
+            session_id=job.session_id, started_at=started_at, completed_at=deps.clock(),
+        )
+    chunks: list[str] = []
+    incomplete = False
+    await deps.events.reset_chunks(job.task_id)
+    try:
+        async with asyncio.timeout(soft_limit):
+            async for item in agent.stream(data):
+                if isinstance(item, StreamMeta):
+                    meta.update(item.metadata)
+                    continue
+                await deps.events.chunk(job.task_id, len(chunks), item)
+                chunks.append(item)
+                if len(chunks) % STREAM_PROGRESS_EVERY == 0:
+                    await deps.events.progress(job.task_id, _stream_progress(len(chunks)))
+    except TimeoutError:
+        incomplete = True  # soft limit: stop cleanly and keep what we have
+        meta["incomplete_reason"] = f"soft time limit of {soft_limit:g}s reached"
+    await deps.events.progress(job.task_id, 80)
+    return JobResult(
+        content="".join(chunks), metadata=meta, agent_id=agent.name, session_id=job.session_id,
+        started_at=started_at, completed_at=deps.clock(), chunks=chunks, incomplete=incomplete,
+    )
+
+
+async def _fail(deps: Deps, job: AgentJob, reason: str, fields: dict[str, Any], started: float) -> NoReturn:
+    await task_store.mark_finished(deps.db, job.task_id, state="FAILURE", error=reason, now=deps.clock())
+    await _state(deps, job.task_id, "FAILURE", error=reason)
+    log.warning("job.failed", error=reason, duration=round(time.monotonic() - started, 4), **fields)
+    raise JobFailed(reason)
+
+
+async def _retry_or_fail(
+    deps: Deps, job: AgentJob, attempt: int, reason: str, retry_after: float | None,
+    fields: dict[str, Any], started: float,
+) -> NoReturn:
+    settings = deps.settings
+    if attempt > settings.job_max_retries:
+        await _fail(deps, job, f"Gave up after {attempt} attempts: {reason}", fields, started)
+    delay = backoff_delay(attempt, base=settings.job_retry_backoff_base, cap=settings.job_retry_backoff_max,
+                          rng=deps.rng)
+    if retry_after:
+        delay = min(max(delay, retry_after), settings.job_retry_backoff_max)
+    now = deps.clock()
+    retry_at = now + timedelta(seconds=delay)
+    await task_store.mark_retry(deps.db, job.task_id, error=reason, retry_at=retry_at, now=now)
+    await _state(deps, job.task_id, "RETRY", error=reason, retry_at=retry_at.isoformat())
+    log.info("job.retrying", error=reason, delay=round(delay, 3), duration=round(time.monotonic() - started, 4),
+             **fields)
+    raise RetryLater(delay, reason)

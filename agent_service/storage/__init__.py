@@ -1,0 +1,1 @@
+"""SQL storage: one aiosqlite connection per process, numbered migrations, one module per table."""

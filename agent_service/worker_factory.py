@@ -1,0 +1,78 @@
+"""Builds arq WorkerSettings for a Settings: the job functions, hooks and msgpack serializer.
+
+An entry-point module (like app.py): it may import anything, and only entry points import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from arq import Retry
+from arq.worker import func
+
+from agent_service.config import Settings
+from agent_service.jobs import names, serializer
+from agent_service.jobs.payloads import AgentJob
+from agent_service.jobs.queue import redis_settings
+from agent_service.jobs.retry import RetryLater
+from agent_service.logging import configure_logging
+from agent_service.services.deps import Deps, open_deps
+from agent_service.services.job_runner import run_agent_job
+
+
+async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
+    deps: Deps = ctx["deps"]
+    job = msgspec.convert(payload, AgentJob)
+    structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
+    try:
+        return await run_agent_job(deps, job, attempt=ctx["job_try"], job_id=ctx["job_id"])
+    except RetryLater as exc:
+        raise Retry(defer=exc.delay) from None
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
+
+
+async def invoke_agent_async(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
+    return await _run(ctx, payload)
+
+
+async def invoke_agent_with_streaming(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
+    return await _run(ctx, payload)
+
+
+def build_worker_settings(settings: Settings) -> type:
+    """A WorkerSettings class for `settings` (tests build one per temporary environment)."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        configure_logging(settings, process="worker")
+        ctx["deps"] = await open_deps(settings, redis=ctx["redis"])
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps: Deps | None = ctx.get("deps")
+        if deps is not None:
+            await deps.http.aclose()
+            await deps.db.close()
+
+    tries = settings.job_max_retries + 1
+    attrs = {
+        "functions": [
+            func(invoke_agent_async, name=names.INVOKE_AGENT, timeout=settings.job_time_limit,
+                 keep_result=settings.job_result_ttl, max_tries=tries),
+            func(invoke_agent_with_streaming, name=names.INVOKE_AGENT_STREAMING,
+                 timeout=settings.stream_job_time_limit, keep_result=settings.job_result_ttl, max_tries=tries),
+        ],
+        "redis_settings": redis_settings(settings) if settings.redis_url else None,
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay,
+        "health_check_interval": settings.worker_health_interval,
+        "keep_result": settings.job_result_ttl,
+        "job_serializer": serializer.serialize,
+        "job_deserializer": serializer.deserialize,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "handle_signals": True,
+    }
+    return type("WorkerSettings", (), attrs)
