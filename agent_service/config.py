@@ -54,7 +54,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_jobs: PositiveInt = 50
     worker_poll_delay: PositiveFloat = 0.05
     worker_health_interval: PositiveFloat = 5.0
-    worker_heartbeat_max_age: PositiveFloat = 30.0
     job_max_retries: NonNegInt = 3
     job_retry_backoff_base: PositiveFloat = 1.0
     job_retry_backoff_max: PositiveFloat = 600.0

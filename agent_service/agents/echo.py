@@ -50,7 +50,7 @@ class EchoAgent:
                 raise TransientAgentError(f"echo: simulated transient failure on attempt {data.attempt}")
             raise PermanentAgentError("echo: simulated permanent failure")
         # keep the whitespace attached to each word so the chunks join back to the text exactly
-        chunks = re.findall(r"\S+\s*", data.message) or [data.message]
+        chunks = re.findall(r"\s*\S+\s*", data.message) or [data.message]
         return delay, chunks
 
     async def invoke(self, data: AgentInput) -> AgentOutput:

@@ -20,7 +20,7 @@ def _enc_hook(obj: Any) -> Any:
         return {"error": type(obj).__name__, "message": str(obj)}
     if isinstance(obj, set | frozenset):
         return list(obj)
-    raise NotImplementedError(f"cannot serialize {type(obj).__name__}")
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
 def serialize(obj: dict[str, Any]) -> bytes:

@@ -32,6 +32,7 @@ from agent_service.storage import tasks as task_store
 log = get_logger("agent_service.jobs")
 
 STREAM_PROGRESS_EVERY = 10
+HARD_LIMIT_MARGIN = 0.1
 
 
 class JobFailed(Exception):
@@ -72,7 +73,9 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
     except AgentError as exc:
         await _fail(deps, job, str(exc) or "The agent failed.", fields, started)
     except asyncio.CancelledError:
-        if time.monotonic() - started >= hard - 1:
+        # arq's timer started a moment before ours, so reaching `hard` here (less a margin for the
+        # scheduling delay) means arq's hard limit fired; anything earlier is a shutdown or an abort
+        if time.monotonic() - started >= hard - HARD_LIMIT_MARGIN:
             await _fail(deps, job, f"Hard time limit of {hard:g}s exceeded; the job was stopped.", fields, started)
         raise
     except Exception:

@@ -1,0 +1,50 @@
+"""Agents used by tests through the AGENTS setting (a user agent loaded by dotted path)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from agent_service.agents.base import AgentInput, AgentOutput
+
+
+class StubbornAgent:
+    """Ignores the first cancellation (the soft limit), so only the hard limit can stop it."""
+
+    name = "stubborn"
+    description = "ignores a soft time limit"
+    available = True
+
+    async def invoke(self, data: AgentInput) -> AgentOutput:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(30)
+        return AgentOutput(content="never")
+
+    async def stream(self, data: AgentInput) -> AsyncIterator[str]:
+        yield (await self.invoke(data)).content
+
+
+class EndlessAgent:
+    """Streams until stopped; writes "closed" to metadata["marker"] when its stream is closed."""
+
+    name = "endless"
+    description = "streams forever"
+    available = True
+
+    async def invoke(self, data: AgentInput) -> AgentOutput:
+        return AgentOutput(content="endless")
+
+    async def stream(self, data: AgentInput) -> AsyncIterator[str]:
+        i = 0
+        try:
+            while True:
+                yield f"tick{i} "
+                i += 1
+                await asyncio.sleep(0.05)
+        finally:
+            marker = data.metadata.get("marker")
+            if isinstance(marker, str):
+                with open(marker, "w") as fh:  # noqa: ASYNC230 - a test probe, once
+                    fh.write(f"closed after {i}")

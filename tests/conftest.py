@@ -1,0 +1,196 @@
+"""Real components: a valkey-server per test session, a SQLite file per test, real arq workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+from arq.worker import get_kwargs
+
+from agent_service.app import create_app
+from agent_service.config import Settings, load_settings
+from agent_service.jobs.fast_worker import FastWorker
+from agent_service.redis_server import EmbeddedRedis, free_port
+from agent_service.worker_factory import build_worker_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), appendonly=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    client = sync_redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+TEST_ENV = {
+    "APP_ENV": "test",
+    "LOG_JSON": "true",
+    "LOG_LEVEL": "INFO",
+    "JOB_RETRY_BACKOFF_BASE": "0.05",
+    "JOB_RETRY_BACKOFF_MAX": "0.2",
+    "WORKER_POLL_DELAY": "0.02",
+    "WORKER_HEALTH_INTERVAL": "1",
+}
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    """The environment of this test's service: its own database, queue and var dir."""
+    return {
+        **TEST_ENV,
+        "REDIS_URL": redis_url,
+        "DATABASE_PATH": str(tmp_path / "agent_service.db"),
+        "VAR_DIR": str(tmp_path / "var"),
+        "QUEUE_NAME": f"arq:test-{uuid.uuid4().hex[:8]}",
+    }
+
+
+@pytest.fixture
+def make_settings(env: dict[str, str]) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return load_settings(env, env_file=None, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+class Client(httpx.AsyncClient):
+    app: Any
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[Client]:
+    """The app for `settings`, lifespan and all, behind an in-process HTTP client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with Client(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+            c.app = app
+            yield c
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with app_client(settings) as c:
+        yield c
+
+
+@pytest.fixture
+async def start_worker() -> AsyncIterator[Callable[[Settings], Any]]:
+    """Run real arq workers (FastWorker) inside the test's event loop."""
+    running: list[tuple[FastWorker, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings, **kwargs: Any) -> FastWorker:
+        worker = FastWorker(**{**get_kwargs(build_worker_settings(settings)), "handle_signals": False, **kwargs})
+        task = asyncio.create_task(worker.async_run())
+        running.append((worker, task))
+        return worker
+
+    yield start
+    for worker, task in running:
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 5)
+        except (asyncio.CancelledError, TimeoutError):
+            pass
+        await worker.close()
+
+
+async def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll an async or sync predicate until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class Process:
+    """A child process (uvicorn or worker) with its output captured to a file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._fh = log.open("wb")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    procs: list[Process] = []
+
+    def start(kind: str, env: dict[str, str], **extra: str) -> Process:
+        full_env = {**os.environ, **env, **extra}
+        full_env.pop("PYTEST_CURRENT_TEST", None)
+        if kind == "web":
+            argv = [sys.executable, "-m", "uvicorn", "agent_service.app:create_app", "--factory",
+                    "--host", "127.0.0.1", "--port", full_env["PORT"]]
+        else:
+            argv = [sys.executable, "-m", "agent_service", "worker"]
+        p = Process(argv, full_env, tmp_path / f"{kind}-{len(procs)}.log")
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator[tuple[str, Process, Process]]:
+    """uvicorn on 127.0.0.1 plus a worker process, sharing the test's Redis and SQLite file."""
+    port = free_port()
+    worker = spawn("worker", env)
+    web = spawn("web", env, PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("service not ready:\n" + web.output()[-3000:] + worker.output()[-3000:])
+        time.sleep(0.1)
+    yield base, web, worker

@@ -1,0 +1,71 @@
+import asyncio
+import multiprocessing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent_service.storage import tasks
+from agent_service.storage.db import Database
+from agent_service.storage.migrate import available, migrate
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def test_migrations_apply_once(tmp_path: Path) -> None:
+    db = await Database.open(str(tmp_path / "a.db"))
+    first = await migrate(db)
+    assert first == [name for _, name, _ in available()]
+    assert await migrate(db) == []
+    row = await db.fetchone("PRAGMA journal_mode")
+    assert row is not None and row[0] == "wal"
+    await db.close()
+
+
+def _migrate_in_process(path: str) -> None:
+    async def go() -> None:
+        db = await Database.open(path)
+        await migrate(db)
+        await db.close()
+
+    asyncio.run(go())
+
+
+def test_concurrent_migration_from_several_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "race.db")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_migrate_in_process, args=(path,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    async def check() -> int:
+        db = await Database.open(path)
+        row = await db.fetchone("SELECT COUNT(*) FROM schema_migrations")
+        await db.close()
+        assert row is not None
+        return int(row[0])
+
+    assert asyncio.run(check()) == len(available())
+
+
+async def test_task_lifecycle_and_finished_tasks_stay_finished(tmp_path: Path) -> None:
+    db = await Database.open(str(tmp_path / "t.db"))
+    await migrate(db)
+    await tasks.create(db, task_id="t1", kind="invoke", agent_id="echo", owner_id="u1", request_id="r",
+                       session_id=None, now=T0)
+    rec = await tasks.get(db, "t1")
+    assert rec is not None and rec.state == "PENDING" and rec.tries == 0
+    assert await tasks.mark_started(db, "t1", tries=1, now=T0 + timedelta(seconds=1))
+    await tasks.mark_retry(db, "t1", error="boom", retry_at=T0 + timedelta(seconds=5), now=T0)
+    rec = await tasks.get(db, "t1")
+    assert rec is not None and rec.state == "RETRY" and rec.next_retry_at == T0 + timedelta(seconds=5)
+    assert await tasks.mark_started(db, "t1", tries=2, now=T0 + timedelta(seconds=6))
+    assert await tasks.mark_finished(db, "t1", state="SUCCESS", error=None, now=T0 + timedelta(seconds=7))
+    # a re-delivered job must not reopen or overwrite a finished task
+    assert not await tasks.mark_started(db, "t1", tries=3, now=T0)
+    assert not await tasks.mark_finished(db, "t1", state="FAILURE", error="late", now=T0)
+    rec = await tasks.get(db, "t1")
+    assert rec is not None and (rec.state, rec.tries, rec.error) == ("SUCCESS", 2, None)
+    assert rec.started_at == T0 + timedelta(seconds=1)
+    await db.close()
