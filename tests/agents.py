@@ -46,5 +46,5 @@ class EndlessAgent:
         finally:
             marker = data.metadata.get("marker")
             if isinstance(marker, str):
-                with open(marker, "w") as fh:  # noqa: ASYNC230 - a test probe, once
+                with open(marker, "w") as fh:
                     fh.write(f"closed after {i}")

@@ -7,13 +7,21 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import result_key_prefix
+from arq.constants import health_check_key_suffix, result_key_prefix
 from arq.jobs import Job
 from redis.asyncio import ConnectionPool
 
 from agent_service.config import Settings
 from agent_service.jobs import serializer
 from agent_service.jobs.guard import redis_guard
+
+# the connection type services hold, named here so they need not import arq
+QueueConnection = ArqRedis
+
+
+def worker_health_key(settings: Settings) -> str:
+    """arq's heartbeat key: written every WORKER_HEALTH_INTERVAL, expiring one second later."""
+    return settings.queue_name + health_check_key_suffix
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from arq.connections import ArqRedis
 
 from agent_service.agents.registry import AgentRegistry
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
 from agent_service.jobs import queue as job_queue
 from agent_service.jobs.events import TaskEvents
-from agent_service.jobs.queue import JobQueue
+from agent_service.jobs.queue import JobQueue, QueueConnection
 from agent_service.storage.db import Database
 from agent_service.storage.migrate import migrate
 
@@ -23,7 +22,7 @@ from agent_service.storage.migrate import migrate
 class Deps:
     settings: Settings
     db: Database
-    redis: ArqRedis
+    redis: QueueConnection
     queue: JobQueue
     events: TaskEvents
     agents: AgentRegistry
@@ -37,7 +36,7 @@ class Deps:
         await self.db.close()
 
 
-async def open_deps(settings: Settings, *, redis: ArqRedis | None = None, clock: Clock = utcnow) -> Deps:
+async def open_deps(settings: Settings, *, redis: QueueConnection | None = None, clock: Clock = utcnow) -> Deps:
     db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
     await migrate(db)
     http = httpx.AsyncClient(timeout=settings.llm_timeout)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from arq.constants import health_check_key_suffix
-
+from agent_service.jobs.queue import worker_health_key
 from agent_service.schemas import Health, HealthComponent
 from agent_service.services.deps import Deps
 
@@ -29,10 +28,9 @@ async def _database(deps: Deps) -> HealthComponent:
 
 
 async def _worker(deps: Deps) -> HealthComponent:
-    # arq's own heartbeat key: written every WORKER_HEALTH_INTERVAL, expiring one second later
     try:
         async with asyncio.timeout(2):
-            alive = await deps.redis.exists(deps.settings.queue_name + health_check_key_suffix)
+            alive = await deps.redis.exists(worker_health_key(deps.settings))
     except Exception:
         return HealthComponent(ok=False, detail="worker heartbeat unknown (redis unreachable)")
     return HealthComponent(ok=True) if alive else HealthComponent(ok=False, detail="no fresh worker heartbeat")

@@ -1,0 +1,81 @@
+"""`python -m agent_service dev`: embedded Redis + web + worker, prefixed logs, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from agent_service.redis_server import free_port
+from tests.conftest import ROOT, TEST_ENV
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    tree: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        tree.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for c in tree.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **TEST_ENV, "PORT": str(port), "VAR_DIR": str(tmp_path / "var"),
+           "DATABASE_PATH": str(tmp_path / "var" / "db.sqlite"), "QUEUE_NAME": "arq:dev-test"}
+    env.pop("REDIS_URL", None)
+    log = (tmp_path / "dev.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "agent_service", "dev"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
+            time.sleep(0.2)
+        task = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json={"message": "dev"}).json()
+        for _ in range(100):
+            s = httpx.get(f"{base}/api/v1/agents/tasks/{task['task_id']}").json()
+            if s["state"] == "SUCCESS":
+                break
+            time.sleep(0.05)
+        assert s["state"] == "SUCCESS"
+        kids = _children(proc.pid)
+        assert len(kids) >= 3  # valkey-server, web, worker
+        assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # AOF on
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        time.sleep(0.2)
+        assert not [k for k in kids if _alive(k)], "orphan processes left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "dev.log").read_text()
+    for prefix in ("redis  | ", "web    | ", "worker | ", "dev    | "):
+        assert prefix in out
+    assert f"{base}/docs" in out
