@@ -63,6 +63,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_job_soft_time_limit: PositiveFloat = 840.0
     job_result_ttl: PositiveInt = 3600
 
+    # --- identity ------------------------------------------------------------------------
+    jwt_secret: str | None = None  # required outside development
+    jwt_issuer: str = "agent-service"
+    jwt_audience: str = "agent-service"
+    access_token_ttl: PositiveInt = 900
+    refresh_token_ttl: PositiveInt = 30 * 24 * 3600
+    jwt_jwks_url: str | None = None  # optional external OIDC issuer (RS256/ES256)
+    jwt_external_issuer: str | None = None
+    jwt_external_audience: str | None = None
+    default_tier: Literal["free", "pro", "enterprise"] = "free"
+    trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
+    dev_admin_email: str = "admin@localhost"
+
+    # --- sessions, audit, maintenance ----------------------------------------------------
+    session_max_messages: PositiveInt = 100
+    session_expiry_hours: PositiveFloat = 24.0
+    audit_log_retention_days: PositiveInt = 90
+    audit_archive_dir: str = "var/audit-archive"
+    audit_flush_interval: PositiveFloat = 0.5
+    audit_batch_size: PositiveInt = 200
+    temp_dir: str = "var/tmp"
+    temp_file_max_age_hours: PositiveFloat = 24.0
+    cron_cleanup_expired_sessions: str = "0 * * * *"
+    cron_archive_old_audit_logs: str = "0 2 * * *"
+    cron_cleanup_token_blacklist: str = "0 */6 * * *"
+    cron_cleanup_temp_files: str = "0 3 * * *"
+
     def __post_init__(self) -> None:
         if self.job_soft_time_limit >= self.job_time_limit:
             raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")

@@ -12,7 +12,8 @@ from starlette.routing import Route
 from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response, read_json
-from agent_service.schemas import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse, TaskAccepted
+from agent_service.schemas.agents import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
+from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services import invocations
 from agent_service.services.invocations import StreamEvent
 

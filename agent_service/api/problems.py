@@ -11,7 +11,7 @@ from starlette.types import Scope
 
 from agent_service.api.io import json_response
 from agent_service.errors import AppError
-from agent_service.schemas import FieldError, Problem
+from agent_service.schemas.common import FieldError, Problem
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "urn:agent-service:problem:"

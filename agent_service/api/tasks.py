@@ -9,7 +9,7 @@ from starlette.routing import Route
 from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response
-from agent_service.schemas import TaskStatus
+from agent_service.schemas.tasks import TaskStatus
 from agent_service.services import tasks
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from agent_service.jobs.queue import worker_health_key
-from agent_service.schemas import Health, HealthComponent
+from agent_service.schemas.common import Health, HealthComponent
 from agent_service.services.deps import Deps
 
 

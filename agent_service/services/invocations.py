@@ -15,14 +15,8 @@ from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable
 from agent_service.jobs import names
 from agent_service.jobs.payloads import AgentJob
 from agent_service.logging import get_logger
-from agent_service.schemas import (
-    AgentInfo,
-    AgentList,
-    InvokeAsyncRequest,
-    InvokeRequest,
-    InvokeResponse,
-    TaskAccepted,
-)
+from agent_service.schemas.agents import AgentInfo, AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
+from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services.agent_errors import to_app_error
 from agent_service.services.deps import Deps
 from agent_service.storage import tasks as task_store

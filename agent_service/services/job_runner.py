@@ -25,7 +25,7 @@ from agent_service.agents.base import (
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.retry import RetryLater, backoff_delay
 from agent_service.logging import get_logger
-from agent_service.schemas import JobResult
+from agent_service.schemas.tasks import JobResult
 from agent_service.services.deps import Deps
 from agent_service.storage import tasks as task_store
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from agent_service.errors import NotFound
-from agent_service.schemas import STATUS_WORDS, JobResult, TaskStatus
+from agent_service.schemas.tasks import STATUS_WORDS, JobResult, TaskStatus
 from agent_service.services.deps import Deps
 from agent_service.storage import tasks as task_store
 from agent_service.storage.tasks import TaskRecord

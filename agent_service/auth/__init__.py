@@ -1,0 +1,1 @@
+"""Identity: passwords, JWTs, API keys and the Starlette authentication backend."""

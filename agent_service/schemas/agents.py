@@ -1,0 +1,49 @@
+"""Agent invocation bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from agent_service.schemas.common import Body
+
+Message = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=10_000, description="The user's message to the agent.")
+]
+SessionId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:\-]+$",
+        description="Conversation session id (letters, digits, `._:-`).",
+    ),
+]
+
+
+class InvokeRequest(Body):
+    message: Message
+    session_id: SessionId | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class InvokeAsyncRequest(InvokeRequest):
+    stream: bool = False
+
+
+class InvokeResponse(msgspec.Struct, kw_only=True):
+    response: str
+    metadata: dict[str, Any]
+
+
+class AgentInfo(msgspec.Struct, kw_only=True):
+    id: str
+    description: str
+    available: bool
+    streaming: bool
+
+
+class AgentList(msgspec.Struct, kw_only=True):
+    agents: list[AgentInfo]
+    default_agent: str

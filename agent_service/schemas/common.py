@@ -1,0 +1,39 @@
+"""Shared body types: the request base, problem details, health."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every request body: unknown fields are a 422, not silently dropped."""
+
+
+class FieldError(msgspec.Struct, kw_only=True):
+    path: str
+    message: str
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    code: str | None = None
+    errors: list[FieldError] = msgspec.field(default_factory=list)
+
+
+class HealthComponent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    detail: str | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    components: dict[str, HealthComponent] = msgspec.field(default_factory=dict)

@@ -1,0 +1,57 @@
+"""Background task bodies: acceptance, status and the kept result."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+TaskState = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+TaskStatusWord = Literal["queued", "processing", "retrying", "completed", "failed", "cancelled"]
+
+STATUS_WORDS: dict[str, TaskStatusWord] = {
+    "PENDING": "queued",
+    "STARTED": "processing",
+    "RETRY": "retrying",
+    "SUCCESS": "completed",
+    "FAILURE": "failed",
+    "REVOKED": "cancelled",
+}
+FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+class TaskAccepted(msgspec.Struct, kw_only=True):
+    task_id: str
+    status: TaskStatusWord
+    message: str
+    status_url: str
+
+
+class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What an agent job returns; kept in Redis for JOB_RESULT_TTL."""
+
+    content: str
+    metadata: dict[str, Any]
+    agent_id: str
+    session_id: str | None
+    started_at: datetime
+    completed_at: datetime
+    chunks: list[str] | None = None
+    incomplete: bool = False
+
+
+class TaskStatus(msgspec.Struct, kw_only=True):
+    task_id: str
+    state: TaskState
+    status: TaskStatusWord
+    progress: int
+    result: JobResult | dict[str, Any] | None
+    error: str | None
+    agent_id: str | None = None
+    kind: str | None = None
+    tries: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    next_retry_at: datetime | None = None
