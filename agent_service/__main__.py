@@ -1,17 +1,20 @@
-"""CLI: dev | web | worker | migrate."""
+"""CLI: dev | web | worker | migrate | create-user | create-api-key."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 
 import uvicorn
 from arq.worker import get_kwargs
 
+from agent_service import bootstrap
+from agent_service.auth.principal import TIERS
 from agent_service.config import Settings, load_settings
 from agent_service.dev import run_dev
-from agent_service.errors import ConfigError
+from agent_service.errors import AppError, ConfigError
 from agent_service.jobs.fast_worker import FastWorker
 from agent_service.logging import configure_logging
 from agent_service.storage.db import Database
@@ -50,19 +53,62 @@ def _dev(settings: Settings) -> int:
     return run_dev(settings)
 
 
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise SystemExit("passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _create_user(settings: Settings, args: argparse.Namespace) -> int:
+    user_id = asyncio.run(bootstrap.create_user(settings, email=args.email, password=_read_password(),
+                                                admin=args.admin, name=args.name, tier=args.tier))
+    print(f"created user {args.email} ({user_id}){' as admin' if args.admin else ''}")
+    return 0
+
+
+def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
+    scopes = tuple(args.scopes.split(",")) if args.scopes else None
+    key = asyncio.run(bootstrap.create_api_key(settings, email=args.email, name=args.name, scopes=scopes,
+                                               tier=args.tier))
+    print(key)
+    return 0
+
+
 COMMANDS = {"dev": _dev, "web": _web, "worker": _worker, "migrate": _migrate}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent_service")
-    parser.add_argument("command", choices=sorted(COMMANDS))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        sub.add_parser(name)
+    cu = sub.add_parser("create-user", help="create a user; the password is read from stdin or a prompt")
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--admin", action="store_true")
+    cu.add_argument("--name", default="")
+    cu.add_argument("--tier", choices=TIERS)
+    ck = sub.add_parser("create-api-key", help="mint an API key for a user and print it once")
+    ck.add_argument("--email", required=True)
+    ck.add_argument("--name", default="cli")
+    ck.add_argument("--scopes", help="comma-separated; default: everything the user may hold")
+    ck.add_argument("--tier", choices=TIERS)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "create-user":
+            return _create_user(settings, args)
+        if args.command == "create-api-key":
+            return _create_api_key(settings, args)
         return COMMANDS[args.command](settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except AppError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,14 +6,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.authentication import AuthenticationError
 from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import agents, health, tasks
+from agent_service.api import agents, api_keys, auth, health, tasks, users
 from agent_service.api.middleware import RequestContextMiddleware
-from agent_service.api.problems import EXCEPTION_HANDLERS
+from agent_service.api.problems import EXCEPTION_HANDLERS, problem
+from agent_service.api.routing import WWW_AUTHENTICATE
+from agent_service.auth.backend import ApiAuthBackend, CredentialError
+from agent_service.auth.principal import Principal
+from agent_service.auth.tokens import resolve_secret
 from agent_service.config import Settings, load_settings
 from agent_service.logging import configure_logging, get_logger
+from agent_service.services import identity
 from agent_service.services.deps import open_deps
 
 API_PREFIX = "/api/v1"
@@ -22,25 +31,47 @@ log = get_logger(__name__)
 
 def api_routes() -> list[BaseRoute]:
     # tasks before agents: "/agents/tasks/..." must not be taken for an agent id
-    return [*tasks.routes, *agents.routes]
+    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes]
+
+
+def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
+    error = exc.error if isinstance(exc, CredentialError) else None
+    code, detail = (error.code, error.detail) if error else ("unauthorized", "Invalid credentials.")
+    status = error.status if error else 401
+    headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else dict(error.headers if error else {})
+    log.info("auth.failed", code=code, path=conn.url.path)
+    return problem(conn.scope, status, code, "Unauthorized" if status == 401 else "Service Unavailable", detail,
+                   headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     configure_logging(settings, process="web")
+    resolve_secret(settings)  # refuse to start on a missing or default secret outside development
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.deps = await open_deps(settings)
+        app.state.deps = await open_deps(settings, with_auth=True)
         log.info("web.started", env=settings.app_env)
         try:
             yield
         finally:
             await app.state.deps.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[*health.routes, Mount(API_PREFIX, routes=api_routes())],
-        middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+
+    async def bearer(token: str) -> Principal:
+        return await identity.principal_from_bearer(app.state.deps, token)
+
+    async def api_key(raw: str) -> Principal:
+        return await identity.principal_from_api_key(app.state.deps, raw)
+
+    app.user_middleware = [
+        Middleware(RequestContextMiddleware),
+        Middleware(AuthenticationMiddleware, backend=ApiAuthBackend(bearer, api_key), on_error=_auth_error),
+    ]
+    return app

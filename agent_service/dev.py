@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from agent_service.bootstrap import ensure_dev_admin
 from agent_service.config import Settings
 from agent_service.redis_server import EmbeddedRedis
 
@@ -73,6 +74,12 @@ def run_dev(settings: Settings) -> int:
         print(f"redis  | embedded server on {server.url} (AOF under {server.data_dir})", flush=True)
         (Path(settings.var_dir) / "redis.url").write_text(server.url + "\n")
     try:
+        created = asyncio.run(ensure_dev_admin(settings))
+        if created:
+            email, password, key = created
+            print(f"dev    | first start: created admin {email} (password {password})\n"
+                  f"dev    | API key (shown once): {key}\n"
+                  f"dev    |   export API_KEY={key}", flush=True)
         return asyncio.run(_supervise(settings, env))
     finally:
         if server is not None:

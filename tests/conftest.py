@@ -18,10 +18,14 @@ import pytest
 import redis as sync_redis
 from arq.worker import get_kwargs
 
+from agent_service import bootstrap
 from agent_service.app import create_app
+from agent_service.auth.principal import SCOPES, USER_SCOPES
 from agent_service.config import Settings, load_settings
 from agent_service.jobs.fast_worker import FastWorker
 from agent_service.redis_server import EmbeddedRedis, free_port
+from agent_service.schemas.auth import UserCreate
+from agent_service.services import api_keys, users
 from agent_service.worker_factory import build_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +48,7 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 
 TEST_ENV = {
     "APP_ENV": "test",
+    "JWT_SECRET": "test-only-secret-0123456789abcdefghijklmnopqrstuvwxyz",
     "LOG_JSON": "true",
     "LOG_LEVEL": "INFO",
     "JOB_RETRY_BACKOFF_BASE": "0.05",
@@ -82,13 +87,26 @@ class Client(httpx.AsyncClient):
     app: Any
 
 
+async def add_user(app: Any, email: str, *, admin: bool = False, scopes: tuple[str, ...] | None = None,
+                   tier: str = "free", password: str = "correct horse battery") -> str:
+    """Create a user in the app's database and return a fresh API key for them."""
+    deps = app.state.deps
+    roles: list[Any] = ["user", "admin"] if admin else ["user"]
+    user = await users.create_user(deps, UserCreate(email=email, password=password, roles=roles, tier=tier))  # type: ignore[arg-type]
+    granted = scopes or (SCOPES if admin else USER_SCOPES)
+    return await api_keys.bootstrap_key(deps, user.id, name="test", scopes=granted, tier=tier)
+
+
 @asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[Client]:
-    """The app for `settings`, lifespan and all, behind an in-process HTTP client."""
+async def app_client(settings: Settings, *, authenticated: bool = True) -> AsyncIterator[Client]:
+    """The app for `settings`, lifespan and all, behind an in-process HTTP client that sends the
+    API key of a fresh ordinary user (unless `authenticated=False`)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with Client(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
             c.app = app
+            if authenticated:
+                c.headers["X-API-Key"] = await add_user(app, f"user-{uuid.uuid4().hex[:8]}@example.com")
             yield c
 
 
@@ -176,9 +194,23 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         p.stop()
 
 
+class Live:
+    def __init__(self, base: str, web: Process, worker: Process, api_key: str) -> None:
+        self.base, self.web, self.worker = base, web, worker
+        self.headers = {"X-API-Key": api_key}
+
+
+def bootstrap_user(env: dict[str, str], email: str = "e2e@example.com", *, admin: bool = False) -> str:
+    """A user and API key written straight to the service's SQLite file (no HTTP needed)."""
+    settings = load_settings(env, env_file=None)
+    asyncio.run(bootstrap.create_user(settings, email=email, password="e2e password!", admin=admin))
+    return asyncio.run(bootstrap.create_api_key(settings, email=email, name="e2e"))
+
+
 @pytest.fixture
-def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator[tuple[str, Process, Process]]:
+def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator[Live]:
     """uvicorn on 127.0.0.1 plus a worker process, sharing the test's Redis and SQLite file."""
+    api_key = bootstrap_user(env)
     port = free_port()
     worker = spawn("worker", env)
     web = spawn("web", env, PORT=str(port))
@@ -193,4 +225,4 @@ def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator
         if time.monotonic() > deadline:
             raise AssertionError("service not ready:\n" + web.output()[-3000:] + worker.output()[-3000:])
         time.sleep(0.1)
-    yield base, web, worker
+    yield Live(base, web, worker, api_key)

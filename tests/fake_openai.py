@@ -39,6 +39,7 @@ class Response:
     delay: float = 0.0  # seconds to wait before sending anything
     chunk_delay: float = 0.0  # seconds to wait between stream events after the first content chunk
     headers: dict[str, str] = field(default_factory=dict)
+    error_after: int | None = None  # stream: send this many content chunks, then an error event and [DONE]
 
 
 def reply(
@@ -61,6 +62,11 @@ def slow(seconds: float, content: str | None = None) -> Response:
 def slow_stream(chunk_delay: float, content: str | None = None) -> Response:
     """A stream that sends its first content chunk at once, then one event every `chunk_delay` s."""
     return Response(content=content, chunk_delay=chunk_delay)
+
+
+def stream_error(after: int = 1, content: str | None = None) -> Response:
+    """A stream that fails mid-way: `after` content chunks, then `data: {"error": {...}}` and `[DONE]`."""
+    return Response(content=content, error_after=after)
 
 
 @dataclass(frozen=True)
@@ -243,10 +249,15 @@ class _Handler(BaseHTTPRequestHandler):
             return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         events: list[Any] = [chunk({"role": "assistant", "content": ""})]
-        events += [chunk({"content": piece}) for piece in _words(text)]
-        events.append(chunk({}, "stop"))
-        if include_usage:
-            events.append({**base, "choices": [], "usage": usage})
+        pieces = _words(text)
+        if response.error_after is not None:
+            events += [chunk({"content": piece}) for piece in pieces[: response.error_after]]
+            events.append({"error": {"message": "scripted failure mid-stream", "type": "server_error", "code": None}})
+        else:
+            events += [chunk({"content": piece}) for piece in pieces]
+            events.append(chunk({}, "stop"))
+            if include_usage:
+                events.append({**base, "choices": [], "usage": usage})
         events.append("[DONE]")
         for i, event in enumerate(events):
             if i >= 2 and self.server.fake._sleep(response.chunk_delay):

@@ -161,5 +161,6 @@ async def test_redis_down_gives_503_for_queue_routes_while_sync_invoke_works(cli
 async def test_task_status_is_503_when_redis_is_down(client: Client, make_settings) -> None:  # type: ignore[no-untyped-def]
     accepted = (await client.post("/api/v1/agents/echo/invoke-async", json={"message": "hi"})).json()
     # same SQLite file, dead Redis
-    async with app_client(make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")) as c:
+    async with app_client(make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"), authenticated=False) as c:
+        c.headers["X-API-Key"] = client.headers["X-API-Key"]
         assert_problem(await c.get(f"/api/v1/agents/tasks/{accepted['task_id']}"), 503, "queue_unavailable")

@@ -57,9 +57,12 @@ def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None
                 pass
             assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
             time.sleep(0.2)
-        task = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json={"message": "dev"}).json()
+        key = next(ln.split("=", 1)[1] for ln in (tmp_path / "dev.log").read_text().splitlines()
+                   if "export API_KEY=" in ln)
+        headers = {"X-API-Key": key.strip()}
+        task = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json={"message": "dev"}, headers=headers).json()
         for _ in range(100):
-            s = httpx.get(f"{base}/api/v1/agents/tasks/{task['task_id']}").json()
+            s = httpx.get(f"{base}/api/v1/agents/tasks/{task['task_id']}", headers=headers).json()
             if s["state"] == "SUCCESS":
                 break
             time.sleep(0.05)

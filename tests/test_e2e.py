@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-Live = tuple[str, Any, Any]
+from tests.conftest import Live
 
 
 @pytest.fixture
@@ -18,11 +18,11 @@ def env(env: dict[str, str]) -> dict[str, str]:
             "STREAM_JOB_TIME_LIMIT": "10"}
 
 
-def poll(base: str, task_id: str, until: set[str], timeout: float = 20) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def poll(live: Live, task_id: str, until: set[str], timeout: float = 20) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = httpx.get(f"{base}/api/v1/agents/tasks/{task_id}", timeout=5).json()
+        s = httpx.get(f"{live.base}/api/v1/agents/tasks/{task_id}", headers=live.headers, timeout=5).json()
         seen.append(s)
         if s["state"] in until:
             return s, seen
@@ -30,45 +30,45 @@ def poll(base: str, task_id: str, until: set[str], timeout: float = 20) -> tuple
     raise AssertionError(f"task {task_id} never reached {until}; last: {seen[-1:]}")
 
 
-def submit(base: str, agent: str, body: dict[str, Any]) -> str:
-    resp = httpx.post(f"{base}/api/v1/agents/{agent}/invoke-async", json=body, timeout=5)
+def submit(live: Live, agent: str, body: dict[str, Any]) -> str:
+    resp = httpx.post(f"{live.base}/api/v1/agents/{agent}/invoke-async", json=body, headers=live.headers, timeout=5)
     assert resp.status_code == 202, resp.text
     assert resp.headers["location"] == resp.json()["status_url"]
     return str(resp.json()["task_id"])
 
 
 def test_seed_flow_queue_poll_success(live_service: Live) -> None:
-    base, _, worker = live_service
-    task_id = submit(base, "echo", {"message": "Hello from the queue"})
-    s, _ = poll(base, task_id, {"SUCCESS", "FAILURE"})
+    live = live_service
+    task_id = submit(live, "echo", {"message": "Hello from the queue"})
+    s, _ = poll(live, task_id, {"SUCCESS", "FAILURE"})
     assert (s["state"], s["status"], s["progress"]) == ("SUCCESS", "completed", 100)
     assert s["result"]["content"] == "Hello from the queue"
-    assert f'"task_id": "{task_id}"' in worker.output()
+    assert f'"task_id": "{task_id}"' in live.worker.output()
 
 
 def test_progress_is_seen_mid_run_on_a_slow_streaming_job(live_service: Live) -> None:
-    base, _, _ = live_service
+    live = live_service
     message = " ".join(f"w{i}" for i in range(30))
-    task_id = submit(base, "echo", {"message": message, "stream": True, "metadata": {"delay": 0.04}})
-    s, seen = poll(base, task_id, {"SUCCESS", "FAILURE"})
+    task_id = submit(live, "echo", {"message": message, "stream": True, "metadata": {"delay": 0.04}})
+    s, seen = poll(live, task_id, {"SUCCESS", "FAILURE"})
     assert s["state"] == "SUCCESS" and s["result"]["content"] == message
     mid = [x["progress"] for x in seen if x["state"] == "STARTED"]
     assert any(0 < p < 100 for p in mid), mid
 
 
 def test_transient_twice_then_success(live_service: Live) -> None:
-    base, _, _ = live_service
-    task_id = submit(base, "echo", {"message": "flaky", "metadata": {"fail": "transient", "fail_times": 2}})
-    s, seen = poll(base, task_id, {"SUCCESS", "FAILURE"})
+    live = live_service
+    task_id = submit(live, "echo", {"message": "flaky", "metadata": {"fail": "transient", "fail_times": 2}})
+    s, seen = poll(live, task_id, {"SUCCESS", "FAILURE"})
     assert s["state"] == "SUCCESS" and s["tries"] == 3
     assert "RETRY" in {x["state"] for x in seen}
     assert any(x["status"] == "retrying" and x["error"] for x in seen)
 
 
 def test_soft_timeout_yields_partial_result(live_service: Live) -> None:
-    base, _, _ = live_service
-    task_id = submit(base, "endless", {"message": "go", "stream": True})
-    s, _ = poll(base, task_id, {"SUCCESS", "FAILURE"})
+    live = live_service
+    task_id = submit(live, "endless", {"message": "go", "stream": True})
+    s, _ = poll(live, task_id, {"SUCCESS", "FAILURE"})
     result = s["result"]
     assert s["state"] == "SUCCESS" and result["incomplete"] is True
     assert result["chunks"] and result["content"] == "".join(result["chunks"])
@@ -76,8 +76,9 @@ def test_soft_timeout_yields_partial_result(live_service: Live) -> None:
 
 
 def test_sse_stream_over_http(live_service: Live) -> None:
-    base, _, _ = live_service
-    with httpx.stream("POST", f"{base}/api/v1/agents/echo/stream", json={"message": "one two three"}) as resp:
+    live = live_service
+    with httpx.stream("POST", f"{live.base}/api/v1/agents/echo/stream", json={"message": "one two three"},
+                      headers=live.headers) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
         text = "".join(resp.iter_text())
     blocks = [b for b in text.split("\n\n") if b]
@@ -86,10 +87,11 @@ def test_sse_stream_over_http(live_service: Live) -> None:
 
 
 def test_client_disconnect_stops_the_agent(live_service: Live, tmp_path: Path) -> None:
-    base, _, _ = live_service
+    live = live_service
     marker = tmp_path / "closed.txt"
     body = {"message": "go", "metadata": {"marker": str(marker)}}
-    with httpx.stream("POST", f"{base}/api/v1/agents/endless/stream", json=body, timeout=5) as resp:
+    with httpx.stream("POST", f"{live.base}/api/v1/agents/endless/stream", json=body, headers=live.headers,
+                      timeout=5) as resp:
         lines = resp.iter_lines()
         assert next(lines) == "event: chunk"
     deadline = time.monotonic() + 5
@@ -100,10 +102,10 @@ def test_client_disconnect_stops_the_agent(live_service: Live, tmp_path: Path) -
 
 
 def test_request_id_reaches_the_worker_log(live_service: Live) -> None:
-    base, web, worker = live_service
-    resp = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json={"message": "hi"},
-                      headers={"X-Request-ID": "e2e-trace-1"})
+    live = live_service
+    resp = httpx.post(f"{live.base}/api/v1/agents/echo/invoke-async", json={"message": "hi"},
+                      headers={**live.headers, "X-Request-ID": "e2e-trace-1"})
     assert resp.headers["x-request-id"] == "e2e-trace-1"
-    poll(base, resp.json()["task_id"], {"SUCCESS"})
-    assert '"request_id": "e2e-trace-1"' in web.output()
-    assert any('"job.succeeded"' in ln and '"request_id": "e2e-trace-1"' in ln for ln in worker.output().splitlines())
+    poll(live, resp.json()["task_id"], {"SUCCESS"})
+    assert '"request_id": "e2e-trace-1"' in live.web.output()
+    assert any('"job.succeeded"' in ln and '"request_id": "e2e-trace-1"' in ln for ln in live.worker.output().splitlines())

@@ -21,7 +21,7 @@ from agent_service.agents.base import (
 )
 from agent_service.agents.llm import SimpleLLMAgent
 from agent_service.config import load_settings
-from tests.fake_openai import FakeOpenAI, error, iter_fake_openai, reply, slow, slow_stream
+from tests.fake_openai import FakeOpenAI, error, iter_fake_openai, reply, slow, slow_stream, stream_error
 
 
 @pytest.fixture
@@ -180,6 +180,15 @@ async def test_stream_500_before_streaming_is_transient(agent: SimpleLLMAgent, f
     assert items == []
     assert info.value.retry_after == 2.0
     assert len(fake.requests) == 1 and fake.requests[0].body["stream"] is True
+
+
+async def test_stream_error_event_mid_stream_is_transient(agent: SimpleLLMAgent, fake: FakeOpenAI) -> None:
+    fake.script(stream_error(after=2, content="one two three"))
+    items: list[StreamItem] = []
+    with pytest.raises(TransientAgentError, match="mid-stream"):
+        async for item in agent.stream(AgentInput(message="x")):
+            items.append(item)
+    assert items == ["one ", "two "]  # no StreamMeta: the reply is not reported as complete
 
 
 async def test_after_an_error_the_next_call_succeeds(agent: SimpleLLMAgent, fake: FakeOpenAI) -> None:

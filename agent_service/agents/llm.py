@@ -6,6 +6,7 @@ errors are transient; any other 4xx is permanent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +42,7 @@ class _Completion(msgspec.Struct):
     choices: list[_Choice] = msgspec.field(default_factory=list)
     model: str | None = None
     usage: _Usage | None = None
+    error: Any = None  # a stream may end in `data: {"error": {...}}` (OpenAI, vLLM, gateways)
 
 
 _decode = msgspec.json.Decoder(_Completion).decode
@@ -48,9 +50,11 @@ _decode = msgspec.json.Decoder(_Completion).decode
 
 def _retry_after(resp: httpx.Response) -> float | None:
     try:
-        return float(resp.headers.get("retry-after", ""))
+        value = float(resp.headers.get("retry-after", ""))
     except ValueError:
         return None
+    # a hostile or broken provider must not steer our backoff to nan, negative or years
+    return value if math.isfinite(value) and 0 <= value <= 3600 else None
 
 
 def _raise_for_status(resp: httpx.Response) -> None:
@@ -139,6 +143,8 @@ class SimpleLLMAgent:
                         event = _decode(payload)
                     except msgspec.DecodeError:
                         raise TransientAgentError("LLM provider sent an unreadable stream event") from None
+                    if event.error is not None:
+                        raise TransientAgentError("LLM provider failed mid-stream")
                     last = _Completion(model=event.model or last.model, usage=event.usage or last.usage)
                     for choice in event.choices:
                         if choice.delta and choice.delta.content:

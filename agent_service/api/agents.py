@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response, read_json
+from agent_service.api.routing import route
 from agent_service.schemas.agents import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
 from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services import invocations
@@ -25,14 +25,14 @@ def _agent_id(request: Request) -> str | None:
     return value
 
 
-@operation(summary="List agents", tag="Agents", response=AgentList,
+@operation(summary="List agents", tag="Agents", response=AgentList, errors=(401,),
            description="Every registered agent, whether it is available on this server and whether it streams.")
 async def list_agents(request: Request) -> Response:
     return json_response(invocations.list_agents(context.deps(request)))
 
 
 @operation(summary="Invoke an agent", tag="Agents", request=InvokeRequest, response=InvokeResponse,
-           errors=(400, 404, 413, 415, 422, 502, 503, 504),
+           errors=(400, 401, 403, 404, 413, 415, 422, 502, 503, 504), scope="agents:invoke",
            description="Run the agent (the default one when no id is given) and wait for its answer.")
 async def invoke(request: Request) -> Response:
     deps = context.deps(request)
@@ -55,7 +55,7 @@ async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
 
 
 @operation(summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, streams=True,
-           errors=(400, 404, 413, 415, 422, 502, 503),
+           errors=(400, 401, 403, 404, 413, 415, 422, 502, 503), scope="agents:invoke",
            description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
                        "metadata, or `error`. Disconnecting stops the agent.")
 async def stream(request: Request) -> Response:
@@ -69,7 +69,7 @@ async def stream(request: Request) -> Response:
 
 
 @operation(summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
-           response=TaskAccepted, status=202, errors=(400, 404, 413, 415, 422, 503),
+           response=TaskAccepted, status=202, errors=(400, 401, 403, 404, 413, 415, 422, 503), scope="agents:invoke",
            description="Queue the invocation as a background task and answer at once with its id and "
                        "status URL. `stream: true` runs the streaming job, whose chunks are kept.")
 async def invoke_async(request: Request) -> Response:
@@ -83,11 +83,11 @@ async def invoke_async(request: Request) -> Response:
 
 
 routes = [
-    Route("/agents", list_agents, methods=["GET"]),
-    Route("/agents/invoke", invoke, methods=["POST"]),
-    Route("/agents/stream", stream, methods=["POST"]),
-    Route("/agents/invoke-async", invoke_async, methods=["POST"]),
-    Route("/agents/{agent_id}/invoke", invoke, methods=["POST"]),
-    Route("/agents/{agent_id}/stream", stream, methods=["POST"]),
-    Route("/agents/{agent_id}/invoke-async", invoke_async, methods=["POST"]),
+    route("/agents", list_agents, ["GET"]),
+    route("/agents/invoke", invoke, ["POST"]),
+    route("/agents/stream", stream, ["POST"]),
+    route("/agents/invoke-async", invoke_async, ["POST"]),
+    route("/agents/{agent_id}/invoke", invoke, ["POST"]),
+    route("/agents/{agent_id}/stream", stream, ["POST"]),
+    route("/agents/{agent_id}/invoke-async", invoke_async, ["POST"]),
 ]

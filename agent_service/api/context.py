@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from agent_service.auth.principal import Principal
+from agent_service.errors import Unauthorized
 from agent_service.services.deps import Deps
 
 
@@ -17,12 +19,17 @@ def request_id(request: Request) -> str | None:
     return rid
 
 
-def owner_id(request: Request) -> str | None:
-    """The principal's user id once authentication is installed; None (shared) before that."""
-    user = request.scope.get("user")
-    return getattr(user, "user_id", None)
+def principal(request: Request) -> Principal:
+    """The authenticated caller (routes are secured by default, so one is always there)."""
+    p: Principal | None = getattr(request.scope.get("user"), "principal", None)
+    if p is None:
+        raise Unauthorized("Authentication required.")
+    return p
+
+
+def owner_id(request: Request) -> str:
+    return principal(request).user_id
 
 
 def is_admin(request: Request) -> bool:
-    user = request.scope.get("user")
-    return bool(getattr(user, "is_admin", False))
+    return principal(request).is_admin

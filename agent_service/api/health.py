@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response
+from agent_service.api.routing import route
 from agent_service.schemas.common import Health
 from agent_service.services import health
 
@@ -27,4 +27,4 @@ async def ready(request: Request) -> Response:
     return json_response(result, status=200 if result.status == "ok" else 503)
 
 
-routes = [Route("/health/live", live, methods=["GET"]), Route("/health/ready", ready, methods=["GET"])]
+routes = [route("/health/live", live, ["GET"]), route("/health/ready", ready, ["GET"])]

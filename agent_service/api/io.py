@@ -57,6 +57,41 @@ def field_errors(obj: Any, typ: type[msgspec.Struct], prefix: str = "$") -> list
     return errors
 
 
+def read_query(request: Request, typ: type[T]) -> T:
+    """Query parameters as a Struct (strings converted to the field types); errors name `query.x`."""
+    params: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        params[key] = value if key not in params else [*([params[key]] if not isinstance(params[key], list)
+                                                        else params[key]), value]
+    try:
+        return msgspec.convert(params, typ, strict=False)
+    except msgspec.ValidationError:
+        errors = [{"path": "query" + e["path"][1:], "message": e["message"]}
+                  for e in _lenient_errors(params, typ)]
+        raise ValidationFailed("The query parameters are invalid.", errors=errors) from None
+
+
+def _lenient_errors(obj: dict[str, Any], typ: type[msgspec.Struct]) -> list[dict[str, str]]:
+    fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+    errors = [{"path": f"$.{k}", "message": "Unknown parameter"} for k in obj if k not in fields]
+    for name, f in fields.items():
+        if name in obj:
+            try:
+                msgspec.convert(obj[name], f.type, strict=False)
+            except msgspec.ValidationError as exc:
+                errors.append({"path": f"$.{name}", "message": str(exc).split(" - at ")[0]})
+    return errors or [{"path": "$", "message": "Invalid parameters"}]
+
+
+def convert(obj: dict[str, Any], typ: type[T]) -> T:
+    """Validate an already-parsed object (e.g. a form) with the same per-field errors as JSON."""
+    try:
+        return msgspec.convert(obj, typ)
+    except msgspec.ValidationError as exc:
+        errors = field_errors(obj, typ) or [{"path": "$", "message": str(exc)}]
+        raise ValidationFailed("The request body is invalid.", errors=errors) from None
+
+
 def decode(raw: bytes, typ: type[T]) -> T:
     try:
         return msgspec.json.decode(raw, type=typ)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from agent_service.agents.registry import AgentRegistry
+from agent_service.auth.tokens import TokenVerifier, resolve_secret
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
 from agent_service.jobs import queue as job_queue
@@ -16,6 +17,12 @@ from agent_service.jobs.events import TaskEvents
 from agent_service.jobs.queue import JobQueue, QueueConnection
 from agent_service.storage.db import Database
 from agent_service.storage.migrate import migrate
+
+
+@dataclass
+class AuthKit:
+    secret: str
+    verifier: TokenVerifier
 
 
 @dataclass
@@ -28,7 +35,14 @@ class Deps:
     agents: AgentRegistry
     http: httpx.AsyncClient
     clock: Clock = utcnow
+    auth_kit: AuthKit | None = None
     rng: Callable[[], float] = field(default=random.random)
+
+    @property
+    def auth(self) -> AuthKit:
+        if self.auth_kit is None:
+            raise RuntimeError("authentication is not set up in this process")
+        return self.auth_kit
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -36,12 +50,19 @@ class Deps:
         await self.db.close()
 
 
-async def open_deps(settings: Settings, *, redis: QueueConnection | None = None, clock: Clock = utcnow) -> Deps:
+async def open_deps(
+    settings: Settings, *, redis: QueueConnection | None = None, clock: Clock = utcnow, with_auth: bool = False
+) -> Deps:
     db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
     await migrate(db)
     http = httpx.AsyncClient(timeout=settings.llm_timeout)
     redis = redis if redis is not None else job_queue.connect(settings)
+    auth_kit = None
+    if with_auth:
+        secret = resolve_secret(settings)
+        auth_kit = AuthKit(secret=secret, verifier=TokenVerifier(settings, secret, redis))
     return Deps(
+        auth_kit=auth_kit,
         settings=settings,
         db=db,
         redis=redis,

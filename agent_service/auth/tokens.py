@@ -1,0 +1,128 @@
+"""Access tokens: HS256 JWTs we issue, optional RS256/ES256 tokens from an external OIDC issuer,
+and the Redis blacklist of revoked `jti`s (entries expire with the token)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+from redis.asyncio import Redis
+
+from agent_service.config import Settings
+from agent_service.errors import ConfigError, ServiceUnavailable, Unauthorized
+
+REVOKED_PREFIX = "auth:revoked:"
+MAX_TOKEN_LENGTH = 4096
+KNOWN_DEFAULT_SECRETS = frozenset({
+    "secret", "changeme", "change-me", "your-secret-key", "your-secret-key-here", "supersecret", "jwt-secret",
+    "dev", "development", "test", "password", "please-change-me", "your-256-bit-secret",
+})
+
+
+def revoked_key(jti: str) -> str:
+    return REVOKED_PREFIX + jti
+
+
+def resolve_secret(settings: Settings) -> str:
+    """The HS256 key. Outside development an unset, short or well-known secret stops the start."""
+    secret = settings.jwt_secret
+    if secret:
+        if not settings.is_dev and (len(secret) < 32 or secret.lower() in KNOWN_DEFAULT_SECRETS):
+            raise ConfigError("JWT_SECRET is a known default or shorter than 32 characters")
+        return secret
+    if not settings.is_dev:
+        raise ConfigError("JWT_SECRET must be set outside development (APP_ENV=production)")
+    # development: one random secret per var dir, shared by the web and worker processes
+    path = Path(settings.var_dir) / "jwt_secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def issue_access_token(settings: Settings, secret: str, *, user_id: str, roles: tuple[str, ...],
+                       scopes: tuple[str, ...], now: datetime) -> tuple[str, int]:
+    iat = int(now.timestamp())
+    exp = iat + settings.access_token_ttl
+    claims = {
+        "sub": user_id, "iat": iat, "nbf": iat, "exp": exp, "jti": uuid.uuid4().hex,
+        "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "roles": list(roles),
+        "scope": " ".join(scopes), "typ": "access",
+    }
+    return jwt.encode(claims, secret, algorithm="HS256"), exp
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, secret: str, redis: Redis) -> None:
+        self._settings = settings
+        self._secret = secret
+        self._redis = redis
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=600) \
+            if settings.jwt_jwks_url else None
+
+    async def verify(self, token: str, *, now: datetime) -> dict[str, Any]:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("The bearer token is too long.", code="invalid_token")
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is malformed.", code="invalid_token") from None
+        if alg == "HS256":
+            key: Any = self._secret
+            issuer, audience = self._settings.jwt_issuer, self._settings.jwt_audience
+            required = ["exp", "iat", "nbf", "sub", "jti"]
+        elif alg in ("RS256", "ES256") and self._jwks is not None:
+            key = await self._external_key(token)
+            issuer = self._settings.jwt_external_issuer or ""
+            audience = self._settings.jwt_external_audience or ""
+            required = ["exp", "sub"]
+        else:
+            raise Unauthorized("The bearer token uses an unsupported algorithm.", code="invalid_token")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[alg], audience=audience, issuer=issuer,
+                options={"require": required}, leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The bearer token has expired.", code="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The bearer token is not valid yet.", code="invalid_token") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token is invalid.", code="invalid_token") from None
+        if alg == "HS256" and claims.get("typ") != "access":
+            raise Unauthorized("The bearer token is not an access token.", code="invalid_token")
+        jti = claims.get("jti")
+        if isinstance(jti, str) and await self.is_revoked(jti):
+            raise Unauthorized("The bearer token has been revoked.", code="token_revoked")
+        return claims
+
+    async def _external_key(self, token: str) -> Any:
+        assert self._jwks is not None
+        try:
+            signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError:
+            raise ServiceUnavailable("The identity provider's keys cannot be fetched.") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("The bearer token's signing key is unknown.", code="invalid_token") from None
+        return signing_key.key
+
+    async def is_revoked(self, jti: str) -> bool:
+        try:
+            return bool(await self._redis.exists(revoked_key(jti)))
+        except (OSError, ConnectionError) as exc:
+            raise ServiceUnavailable("Token revocation cannot be checked right now.") from exc
+        except Exception as exc:  # redis raises its own hierarchy; fail closed, never open
+            raise ServiceUnavailable("Token revocation cannot be checked right now.") from exc
+
+    async def revoke(self, jti: str, exp: int) -> None:
+        await self._redis.set(revoked_key(jti), str(exp), exat=exp)

@@ -1,0 +1,129 @@
+"""Sign-in, token rotation, sign-out, and turning a credential into a Principal."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any, Literal
+
+from agent_service.auth import api_keys as key_material
+from agent_service.auth.passwords import verify_password_async
+from agent_service.auth.principal import SCOPES, USER_SCOPES, Principal
+from agent_service.auth.tokens import issue_access_token
+from agent_service.errors import Unauthorized
+from agent_service.logging import get_logger
+from agent_service.schemas.auth import Me, TokenResponse
+from agent_service.services.deps import Deps
+from agent_service.storage import api_keys as key_store
+from agent_service.storage import refresh_tokens as refresh_store
+from agent_service.storage import users as user_store
+from agent_service.storage.users import UserRecord
+
+log = get_logger(__name__)
+BAD_LOGIN = "Incorrect email or password."
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def user_scopes(user: UserRecord) -> tuple[str, ...]:
+    return SCOPES if "admin" in user.roles else USER_SCOPES
+
+
+def user_tier(deps: Deps, user: UserRecord) -> str:
+    return user.tier or deps.settings.default_tier
+
+
+async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> TokenResponse:
+    now = deps.clock()
+    access, _ = issue_access_token(deps.settings, deps.auth.secret, user_id=user.id, roles=user.roles,
+                                   scopes=user_scopes(user), now=now)
+    refresh = "rt_" + secrets.token_urlsafe(32)
+    await refresh_store.create(
+        deps.db, token_id=uuid.uuid4().hex, family_id=family_id or uuid.uuid4().hex, user_id=user.id,
+        token_hash=_hash(refresh), expires_at=now + timedelta(seconds=deps.settings.refresh_token_ttl), now=now,
+    )
+    return TokenResponse(access_token=access, refresh_token=refresh, expires_in=deps.settings.access_token_ttl)
+
+
+async def login(deps: Deps, email: str, password: str) -> tuple[TokenResponse, UserRecord]:
+    user = await user_store.by_email(deps.db, email)
+    ok = await verify_password_async(password, user.password_hash if user else None)
+    if not ok or user is None or not user.is_active:
+        raise Unauthorized(BAD_LOGIN, code="invalid_credentials")
+    return await _issue(deps, user), user
+
+
+async def refresh(deps: Deps, token: str) -> tuple[TokenResponse, UserRecord]:
+    now = deps.clock()
+    record = await refresh_store.by_hash(deps.db, _hash(token))
+    invalid = Unauthorized("The refresh token is invalid or expired.", code="invalid_refresh_token")
+    if record is None or record.revoked_at is not None or record.expires_at <= now:
+        raise invalid
+    if record.used_at is not None or not await refresh_store.consume(deps.db, record.id, now=now):
+        # a used token presented again means it was stolen (or replayed): end the whole family
+        revoked = await refresh_store.revoke_family(deps.db, record.family_id, now=now)
+        log.warning("auth.refresh_reuse", family_id=record.family_id, revoked=revoked)
+        raise invalid
+    user = await user_store.get(deps.db, record.user_id)
+    if user is None or not user.is_active:
+        raise invalid
+    return await _issue(deps, user, family_id=record.family_id), user
+
+
+async def logout(deps: Deps, principal: Principal, refresh_token: str | None) -> None:
+    if principal.token_jti and principal.token_exp:
+        await deps.auth.verifier.revoke(principal.token_jti, principal.token_exp)
+    if refresh_token:
+        record = await refresh_store.by_hash(deps.db, _hash(refresh_token))
+        if record is not None and record.user_id == principal.user_id:
+            await refresh_store.revoke_family(deps.db, record.family_id, now=deps.clock())
+
+
+async def principal_from_bearer(deps: Deps, token: str) -> Principal:
+    claims = await deps.auth.verifier.verify(token, now=deps.clock())
+    if claims.get("iss") != deps.settings.jwt_issuer:
+        return _external_principal(deps, claims)
+    user = await user_store.get(deps.db, str(claims["sub"]))
+    if user is None or not user.is_active:
+        raise Unauthorized("The account behind this token is not active.", code="inactive_user")
+    return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=user_scopes(user),
+                     tier=user_tier(deps, user), token_jti=str(claims["jti"]), token_exp=int(claims["exp"]))
+
+
+def _external_principal(deps: Deps, claims: dict[str, Any]) -> Principal:
+    roles = tuple(r for r in claims.get("roles", []) if r in ("user", "admin")) or ("user",)
+    requested = str(claims.get("scope", "")).split()
+    allowed = SCOPES if "admin" in roles else USER_SCOPES
+    scopes = tuple(s for s in requested if s in allowed) or USER_SCOPES
+    return Principal(user_id=f"oidc:{claims['sub']}", email=str(claims.get("email", claims["sub"])), roles=roles,
+                     scopes=scopes, tier=deps.settings.default_tier,
+                     token_jti=claims.get("jti"), token_exp=int(claims["exp"]))
+
+
+async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
+    invalid = Unauthorized("The API key is invalid, expired or revoked.", code="invalid_api_key")
+    if not key_material.well_formed(raw):
+        raise invalid
+    key = await key_store.by_hash(deps.db, key_material.hash_key(raw))
+    now = deps.clock()
+    if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        raise invalid
+    user = await user_store.get(deps.db, key.user_id)
+    if user is None or not user.is_active:
+        raise invalid
+    await key_store.touch(deps.db, key.id, now=now)
+    return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=key.scopes, tier=key.tier,
+                     api_key_id=key.id)
+
+
+def me(principal: Principal) -> Me:
+    method: Literal["jwt", "api_key", "oidc"] = (
+        "api_key" if principal.api_key_id else ("oidc" if principal.user_id.startswith("oidc:") else "jwt")
+    )
+    return Me(user_id=principal.user_id, email=principal.email, roles=list(principal.roles),
+              scopes=list(principal.scopes), tier=principal.tier, auth_method=method,
+              api_key_id=principal.api_key_id)
