@@ -28,6 +28,19 @@ def events_key(task_id: str) -> str:
     return f"agent:task:{task_id}:events"
 
 
+def cancel_key(task_id: str) -> str:
+    return f"agent:task:{task_id}:cancel"
+
+
+class TaskEvent(msgspec.Struct, kw_only=True):
+    id: str  # the Redis stream id: "<ms>-<seq>", ordered, usable as Last-Event-ID
+    type: str
+    data: dict[str, Any]
+
+
+_decode = msgspec.json.Decoder(dict[str, Any])
+
+
 class TaskEvents:
     def __init__(self, redis: Redis, *, ttl: int) -> None:
         self._redis = redis
@@ -72,3 +85,31 @@ class TaskEvents:
     async def get_chunks(self, task_id: str) -> list[str]:
         raw: list[bytes] = await self._redis.lrange(chunks_key(task_id), 0, -1)  # type: ignore[misc]
         return [c.decode() for c in raw]
+
+    @redis_guard
+    async def request_cancel(self, task_id: str) -> None:
+        await self._redis.set(cancel_key(task_id), b"1", ex=self._ttl)
+
+    @redis_guard
+    async def clear_cancel(self, task_id: str) -> None:
+        await self._redis.delete(cancel_key(task_id))
+
+    @redis_guard
+    async def cancel_requested(self, task_id: str) -> bool:
+        return bool(await self._redis.exists(cancel_key(task_id)))
+
+    @redis_guard
+    async def read(self, task_id: str, *, after: str = "0", block_ms: int | None = None,
+                   count: int = 500) -> list[TaskEvent]:
+        """Events with ids greater than `after`; with `block_ms`, wait that long for the first one."""
+        key = events_key(task_id)
+        if block_ms is None:
+            raw = await self._redis.xrange(key, min=f"({after}" if after != "0" else "-", count=count)
+            entries = raw
+        else:
+            res = await self._redis.xread({key: after}, count=count, block=block_ms)
+            entries = res[0][1] if res else []
+        return [
+            TaskEvent(id=eid.decode(), type=fields[b"type"].decode(), data=_decode.decode(fields[b"data"]))
+            for eid, fields in entries
+        ]

@@ -7,7 +7,13 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import health_check_key_suffix, result_key_prefix
+from arq.constants import (
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.jobs import Job
 from redis.asyncio import ConnectionPool
 
@@ -45,10 +51,20 @@ def connect(settings: Settings) -> ArqRedis:
     )
 
 
+# Remove a job that has not started: atomic, so a worker cannot pick it up halfway.
+_DEQUEUE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('DEL', KEYS[2], KEYS[4]) end
+return removed
+"""
+
+
 class JobQueue:
     def __init__(self, redis: ArqRedis, settings: Settings) -> None:
         self.redis = redis
         self._queue_name = settings.queue_name
+        self._dequeue = redis.register_script(_DEQUEUE)
 
     @redis_guard
     async def ping(self) -> bool:
@@ -79,3 +95,22 @@ class JobQueue:
     @redis_guard
     async def has_result(self, job_id: str) -> bool:
         return bool(await self.redis.exists(result_key_prefix + job_id))
+
+    @redis_guard
+    async def dequeue(self, job_id: str) -> bool:
+        """Take a queued or deferred (not running) job off the queue; True if it will never start."""
+        keys = [self._queue_name, job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id]
+        return bool(await self._dequeue(keys=keys, args=[job_id]))
+
+    @redis_guard
+    async def forget(self, job_id: str) -> None:
+        """Drop a finished job's kept result so the same id can be queued again."""
+        await self.redis.delete(result_key_prefix + job_id, retry_key_prefix + job_id)
+
+    @redis_guard
+    async def depth(self, *, now_ms: int) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self._queue_name, "-inf", now_ms)
+        pipe.zcount(self._queue_name, f"({now_ms}", "+inf")
+        queued, deferred = await pipe.execute()
+        return {"queued": int(queued), "deferred": int(deferred)}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from agent_service.schemas.common import PageQuery
 
 TaskState = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 TaskStatusWord = Literal["queued", "processing", "retrying", "completed", "failed", "cancelled"]
@@ -55,3 +57,29 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     next_retry_at: datetime | None = None
+
+
+class TaskQuery(PageQuery):
+    state: TaskState | None = None
+    agent: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class TaskSummary(msgspec.Struct, kw_only=True):
+    task_id: str
+    state: TaskState
+    status: TaskStatusWord
+    agent_id: str | None
+    kind: str
+    owner_id: str | None
+    tries: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    scheduled_for: datetime | None = None
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    items: list[TaskSummary]
+    next_cursor: str | None

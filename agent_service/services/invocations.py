@@ -114,19 +114,21 @@ async def enqueue(
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
     task_id = uuid.uuid4().hex
     kind = names.KIND_STREAM if req.stream else names.KIND_INVOKE
-    await task_store.create(
-        deps.db, task_id=task_id, kind=kind, agent_id=agent.name, owner_id=owner_id,
-        request_id=request_id, session_id=req.session_id, now=deps.clock(),
-    )
     payload = AgentJob(
         task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
         metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
+    )
+    await task_store.create(
+        deps.db, task_id=task_id, kind=kind, agent_id=agent.name, owner_id=owner_id,
+        request_id=request_id, session_id=req.session_id, now=deps.clock(),
+        payload=msgspec.json.encode(payload).decode(),
     )
     try:
         await deps.queue.enqueue(names.JOB_FOR_KIND[kind], payload, job_id=task_id)
     except ServiceUnavailable:
         await task_store.delete(deps.db, task_id)  # the client was told 503: leave no phantom task
         raise
+    await deps.events.publish(task_id, "state", {"state": "PENDING"}, progress=0)
     log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
     return TaskAccepted(
         task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -22,6 +23,7 @@ from agent_service.agents.base import (
     StreamMeta,
     TransientAgentError,
 )
+from agent_service.errors import AppError
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.retry import RetryLater, backoff_delay
 from agent_service.logging import get_logger
@@ -43,6 +45,48 @@ class SoftTimeLimit(Exception):
     pass
 
 
+class CancelledByRequest(Exception):
+    pass
+
+
+CANCEL_POLL_SECONDS = 0.25
+
+
+async def _cancellable(deps: Deps, task_id: str, work: Awaitable[JobResult]) -> JobResult:
+    """Run `work`, cancelling it when someone asks for the task to be cancelled.
+
+    Our own mechanism (a per-task Redis key, polled while the job runs) instead of arq's abort:
+    it works under the plain `arq` CLI too, needs no `allow_abort_jobs`, and a stale request
+    cannot kill a later run because a re-queue clears the key.
+    """
+    job = asyncio.ensure_future(work)
+    requested = False
+
+    async def watch() -> None:
+        nonlocal requested
+        while not job.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                if await deps.events.cancel_requested(task_id):
+                    requested = True
+                    job.cancel()
+                    return
+            except AppError:
+                continue  # Redis blip: keep the job running, look again next time
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await job
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if requested and not (current and current.cancelling()):
+            raise CancelledByRequest from None
+        job.cancel()  # we are being cancelled from outside (hard limit, shutdown): take the work down too
+        raise
+    finally:
+        watcher.cancel()
+
+
 def _stream_progress(chunks: int) -> int:
     # the total is unknown while streaming: approach 80 without reaching it
     return 40 + int(40 * chunks / (chunks + 50))
@@ -55,6 +99,9 @@ async def _state(deps: Deps, task_id: str, state: str, progress: int | None = No
 async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> dict[str, Any] | None:
     started = time.monotonic()
     fields = {"job_id": job_id, "task_id": job.task_id, "agent": job.agent_id, "try": attempt}
+    if await deps.events.cancel_requested(job.task_id):
+        await _finish_cancelled(deps, job, None, fields, started)
+        return None
     if not await task_store.mark_started(deps.db, job.task_id, tries=attempt, now=deps.clock()):
         log.info("job.skipped", reason="task already finished or unknown", **fields)
         return None
@@ -63,7 +110,11 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
     soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
     hard = deps.settings.stream_job_time_limit if job.stream else deps.settings.job_time_limit
     try:
-        result = await _run(deps, job, attempt=attempt, soft_limit=soft)
+        result = await _cancellable(deps, job.task_id, _run(deps, job, attempt=attempt, soft_limit=soft))
+    except CancelledByRequest:
+        partial = await _partial(deps, job)
+        await _finish_cancelled(deps, job, partial, fields, started)
+        return msgspec.to_builtins(partial) if partial else None  # type: ignore[no-any-return]
     except TransientAgentError as exc:
         await _retry_or_fail(deps, job, attempt, str(exc), exc.retry_after, fields, started)
     except (PermanentAgentError, AgentUnavailable) as exc:
@@ -129,6 +180,27 @@ async def _run(deps: Deps, job: AgentJob, *, attempt: int, soft_limit: float) ->
         content="".join(chunks), metadata=meta, agent_id=agent.name, session_id=job.session_id,
         started_at=started_at, completed_at=deps.clock(), chunks=chunks, incomplete=incomplete,
     )
+
+
+async def _partial(deps: Deps, job: AgentJob) -> JobResult | None:
+    """What a cancelled streaming job had produced: kept, marked incomplete."""
+    if not job.stream:
+        return None
+    chunks = await deps.events.get_chunks(job.task_id)
+    now = deps.clock()
+    return JobResult(content="".join(chunks), metadata={"agent_id": job.agent_id, "incomplete_reason": "cancelled"},
+                     agent_id=job.agent_id, session_id=job.session_id, started_at=now, completed_at=now,
+                     chunks=chunks, incomplete=True)
+
+
+async def _finish_cancelled(
+    deps: Deps, job: AgentJob, partial: JobResult | None, fields: dict[str, Any], started: float
+) -> None:
+    await task_store.mark_finished(deps.db, job.task_id, state="REVOKED", error="Cancelled by request.",
+                                   now=deps.clock())
+    await _state(deps, job.task_id, "REVOKED", error="Cancelled by request.")
+    log.info("job.cancelled", kept_chunks=len(partial.chunks or []) if partial else 0,
+             duration=round(time.monotonic() - started, 4), **fields)
 
 
 async def _fail(deps: Deps, job: AgentJob, reason: str, fields: dict[str, Any], started: float) -> NoReturn:

@@ -6,9 +6,19 @@ from typing import Any
 
 import msgspec
 
-from agent_service.errors import NotFound
-from agent_service.schemas.tasks import STATUS_WORDS, JobResult, TaskStatus
+from agent_service.clock import iso
+from agent_service.errors import Conflict, Forbidden, NotFound
+from agent_service.schemas.tasks import (
+    FINISHED_STATES,
+    STATUS_WORDS,
+    JobResult,
+    TaskPage,
+    TaskQuery,
+    TaskStatus,
+    TaskSummary,
+)
 from agent_service.services.deps import Deps
+from agent_service.storage import cursor as cursors
 from agent_service.storage import tasks as task_store
 from agent_service.storage.tasks import TaskRecord
 
@@ -33,7 +43,8 @@ def _result(raw: dict[str, Any] | None) -> JobResult | dict[str, Any] | None:
 async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin: bool = False) -> TaskStatus:
     record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
     live = await deps.events.get_progress(task_id)
-    result = _result(await deps.queue.result(task_id)) if record.state == "SUCCESS" else None
+    # a cancelled streaming task keeps its partial output as its result
+    result = _result(await deps.queue.result(task_id)) if record.state in ("SUCCESS", "REVOKED") else None
     if record.state == "SUCCESS":
         progress = 100
     elif record.state == "PENDING":
@@ -55,3 +66,41 @@ async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin
         completed_at=record.completed_at,
         next_retry_at=record.next_retry_at,
     )
+
+
+async def cancel(deps: Deps, task_id: str, *, owner_id: str, is_admin: bool) -> TaskStatus:
+    """A queued or deferred task never starts; a running one is stopped by its worker within a second.
+
+    The request is recorded first (a Redis key the job checks at start and polls while running),
+    then the job is taken off the queue if it has not started; either way it ends REVOKED.
+    """
+    record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
+    if record.state in FINISHED_STATES:
+        raise Conflict(f"Task {task_id!r} has already finished ({record.state}).", code="task_finished")
+    await deps.events.request_cancel(task_id)
+    if await deps.queue.dequeue(task_id):
+        if await task_store.mark_finished(deps.db, task_id, state="REVOKED", error="Cancelled by request.",
+                                          now=deps.clock()):
+            await deps.events.publish(task_id, "state", {"state": "REVOKED", "error": "Cancelled by request."})
+    return await get_status(deps, task_id, owner_id=owner_id, is_admin=is_admin)
+
+
+async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool) -> TaskPage:
+    if not is_admin and q.owner not in (None, owner_id):
+        raise Forbidden("Only admins may list other users' tasks.", code="insufficient_scope")
+    owner = q.owner if is_admin else owner_id  # admins without `owner=` see everyone's
+    before = None
+    if q.cursor:
+        created_at, last_id = cursors.decode(q.cursor, 2)
+        before = (str(created_at), str(last_id))
+    rows = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit + 1,
+                                      before=before)
+    page = rows[: q.limit]
+    nxt = cursors.encode(iso(page[-1].created_at) or "", page[-1].id) if len(rows) > q.limit else None
+    return TaskPage(items=[_summary(r) for r in page], next_cursor=nxt)
+
+
+def _summary(r: TaskRecord) -> TaskSummary:
+    return TaskSummary(task_id=r.id, state=r.state, status=STATUS_WORDS[r.state], agent_id=r.agent_id,  # type: ignore[arg-type]
+                       kind=r.kind, owner_id=r.owner_id, tries=r.tries, error=r.error, created_at=r.created_at,
+                       started_at=r.started_at, completed_at=r.completed_at, scheduled_for=r.scheduled_for)

@@ -52,7 +52,9 @@ async def get(db: Database, key_id: str) -> ApiKeyRecord | None:
     return _record(row) if row else None
 
 
-async def list_for(db: Database, user_id: str | None, *, limit: int, before: tuple[str, str] | None) -> list[ApiKeyRecord]:
+async def list_for(
+    db: Database, user_id: str | None, *, limit: int, before: tuple[str, str] | None
+) -> list[ApiKeyRecord]:
     where, params = [], []
     if user_id is not None:
         where.append("user_id = ?")

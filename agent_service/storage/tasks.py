@@ -27,6 +27,9 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     started_at: datetime | None
     completed_at: datetime | None
     next_retry_at: datetime | None
+    payload: str | None = None
+    scheduled_for: datetime | None = None
+    priority: str | None = None
 
 
 def _record(row: Row) -> TaskRecord:
@@ -45,6 +48,9 @@ def _record(row: Row) -> TaskRecord:
         started_at=parse_iso(row["started_at"]),
         completed_at=parse_iso(row["completed_at"]),
         next_retry_at=parse_iso(row["next_retry_at"]),
+        payload=row["payload"],
+        scheduled_for=parse_iso(row["scheduled_for"]),
+        priority=row["priority"],
     )
 
 
@@ -58,11 +64,16 @@ async def create(
     request_id: str | None,
     session_id: str | None,
     now: datetime,
+    payload: str | None = None,
+    scheduled_for: datetime | None = None,
+    priority: str | None = None,
 ) -> None:
     await db.execute(
         "INSERT INTO tasks (id, owner_id, agent_id, kind, state, tries, request_id, session_id,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?)",
-        (task_id, owner_id, agent_id, kind, request_id, session_id, iso(now), iso(now)),
+        " created_at, updated_at, payload, scheduled_for, priority)"
+        " VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?)",
+        (task_id, owner_id, agent_id, kind, request_id, session_id, iso(now), iso(now), payload,
+         iso(scheduled_for), priority),
     )
 
 
@@ -103,3 +114,52 @@ async def mark_finished(
         (state, error, iso(now), iso(now), task_id),
     )
     return changed > 0
+
+
+async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
+    """A failed or cancelled task back to PENDING for another run (admin retry)."""
+    changed = await db.execute(
+        "UPDATE tasks SET state = 'PENDING', tries = 0, error = NULL, started_at = NULL, completed_at = NULL,"
+        " next_retry_at = NULL, updated_at = ? WHERE id = ? AND state IN ('FAILURE', 'REVOKED')",
+        (iso(now), task_id),
+    )
+    return changed > 0
+
+
+async def list_page(
+    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int,
+    before: tuple[str, str] | None,
+) -> list[TaskRecord]:
+    """Newest first. `owner_id=None` lists everyone's (admins)."""
+    where: list[str] = []
+    params: list[str | int] = []
+    for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params += [before[0], before[0], before[1]]
+    sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = await db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
+    return [_record(r) for r in rows]
+
+
+async def count_by_state(db: Database) -> dict[str, int]:
+    rows = await db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def recent_failures(db: Database, *, limit: int) -> list[TaskRecord]:
+    rows = await db.fetchall(
+        "SELECT * FROM tasks WHERE state = 'FAILURE' ORDER BY completed_at DESC LIMIT ?", (limit,)
+    )
+    return [_record(r) for r in rows]
+
+
+async def finished_since(db: Database, since: datetime) -> list[tuple[str, str]]:
+    """(completed_at, state) of every task finished since `since`: throughput and failure rates."""
+    rows = await db.fetchall(
+        "SELECT completed_at, state FROM tasks WHERE completed_at >= ? ORDER BY completed_at", (iso(since),)
+    )
+    return [(r[0], r[1]) for r in rows]
