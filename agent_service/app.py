@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import agents, api_keys, auth, health, tasks, users
+from agent_service.api import agents, api_keys, auth, health, jobs, tasks, users
 from agent_service.api.middleware import RequestContextMiddleware
 from agent_service.api.problems import EXCEPTION_HANDLERS, problem
 from agent_service.api.routing import WWW_AUTHENTICATE
@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 def api_routes() -> list[BaseRoute]:
     # tasks before agents: "/agents/tasks/..." must not be taken for an agent id
-    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes]
+    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes, *jobs.routes]
 
 
 def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:

@@ -5,6 +5,8 @@ An entry-point module (like app.py): it may import anything, and only entry poin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -13,13 +15,17 @@ from arq import Retry
 from arq.worker import func
 
 from agent_service.config import Settings
+from agent_service.errors import AppError
 from agent_service.jobs import names, serializer
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.queue import redis_settings
 from agent_service.jobs.retry import RetryLater
-from agent_service.logging import configure_logging
+from agent_service.jobs.workers import WorkerBoard, WorkerStats
+from agent_service.logging import configure_logging, get_logger
 from agent_service.services.deps import Deps, open_deps
 from agent_service.services.job_runner import run_agent_job
+
+log = get_logger(__name__)
 
 
 async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,16 +48,38 @@ async def invoke_agent_with_streaming(ctx: dict[str, Any], payload: dict[str, An
     return await _run(ctx, payload)
 
 
+async def _heartbeat(deps: Deps, interval: float) -> None:
+    """This worker's own heartbeat with its counters (arq's health key is shared by all workers)."""
+    assert deps.stats is not None
+    board = WorkerBoard(deps.redis, queue_name=deps.settings.queue_name)
+    started_at = deps.clock()
+    while True:
+        try:
+            await board.beat(deps.stats, started_at=started_at, now=deps.clock(), ttl=interval * 3)
+        except AppError:
+            log.warning("worker.heartbeat_failed")
+        await asyncio.sleep(interval)
+
+
 def build_worker_settings(settings: Settings) -> type:
     """A WorkerSettings class for `settings` (tests build one per temporary environment)."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings, process="worker")
-        ctx["deps"] = await open_deps(settings, redis=ctx["redis"])
+        deps = await open_deps(settings, redis=ctx["redis"])
+        deps.stats = WorkerStats()
+        ctx["deps"] = deps
+        ctx["heartbeat"] = asyncio.create_task(_heartbeat(deps, settings.worker_health_interval))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps: Deps | None = ctx.get("deps")
+        beat: asyncio.Task[None] | None = ctx.get("heartbeat")
+        if beat is not None:
+            beat.cancel()
         if deps is not None:
+            if deps.stats is not None:
+                with contextlib.suppress(AppError):
+                    await WorkerBoard(deps.redis, queue_name=settings.queue_name).remove(deps.stats.worker_id)
             await deps.http.aclose()
             await deps.db.close()
 

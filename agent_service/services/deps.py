@@ -15,6 +15,7 @@ from agent_service.config import Settings
 from agent_service.jobs import queue as job_queue
 from agent_service.jobs.events import TaskEvents
 from agent_service.jobs.queue import JobQueue, QueueConnection
+from agent_service.jobs.workers import WorkerStats
 from agent_service.storage.db import Database
 from agent_service.storage.migrate import migrate
 
@@ -36,6 +37,7 @@ class Deps:
     http: httpx.AsyncClient
     clock: Clock = utcnow
     auth_kit: AuthKit | None = None
+    stats: WorkerStats | None = None  # set in worker processes
     rng: Callable[[], float] = field(default=random.random)
 
     @property

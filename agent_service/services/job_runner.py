@@ -96,7 +96,22 @@ async def _state(deps: Deps, task_id: str, state: str, progress: int | None = No
     await deps.events.publish(task_id, "state", {"state": state, **data}, progress=progress)
 
 
+def _observe(deps: Deps, what: str) -> None:
+    if deps.stats is not None:
+        deps.stats.bump(what)
+
+
 async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> dict[str, Any] | None:
+    if deps.stats is not None:
+        deps.stats.running += 1
+    try:
+        return await _run_job(deps, job, attempt=attempt, job_id=job_id)
+    finally:
+        if deps.stats is not None:
+            deps.stats.running -= 1
+
+
+async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> dict[str, Any] | None:
     started = time.monotonic()
     fields = {"job_id": job_id, "task_id": job.task_id, "agent": job.agent_id, "try": attempt}
     if await deps.events.cancel_requested(job.task_id):
@@ -106,6 +121,7 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
         log.info("job.skipped", reason="task already finished or unknown", **fields)
         return None
     log.info("job.started", stream=job.stream, **fields)
+    _observe(deps, "started")
     await _state(deps, job.task_id, "STARTED", progress=0, attempt=attempt)
     soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
     hard = deps.settings.stream_job_time_limit if job.stream else deps.settings.job_time_limit
@@ -135,6 +151,7 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
     now = deps.clock()
     await task_store.mark_finished(deps.db, job.task_id, state="SUCCESS", error=None, now=now)
     await _state(deps, job.task_id, "SUCCESS", progress=100)
+    _observe(deps, "succeeded")
     log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
     return msgspec.to_builtins(result)  # type: ignore[no-any-return]
 
@@ -199,6 +216,7 @@ async def _finish_cancelled(
     await task_store.mark_finished(deps.db, job.task_id, state="REVOKED", error="Cancelled by request.",
                                    now=deps.clock())
     await _state(deps, job.task_id, "REVOKED", error="Cancelled by request.")
+    _observe(deps, "cancelled")
     log.info("job.cancelled", kept_chunks=len(partial.chunks or []) if partial else 0,
              duration=round(time.monotonic() - started, 4), **fields)
 
@@ -206,6 +224,7 @@ async def _finish_cancelled(
 async def _fail(deps: Deps, job: AgentJob, reason: str, fields: dict[str, Any], started: float) -> NoReturn:
     await task_store.mark_finished(deps.db, job.task_id, state="FAILURE", error=reason, now=deps.clock())
     await _state(deps, job.task_id, "FAILURE", error=reason)
+    _observe(deps, "failed")
     log.warning("job.failed", error=reason, duration=round(time.monotonic() - started, 4), **fields)
     raise JobFailed(reason)
 
@@ -225,6 +244,7 @@ async def _retry_or_fail(
     retry_at = now + timedelta(seconds=delay)
     await task_store.mark_retry(deps.db, job.task_id, error=reason, retry_at=retry_at, now=now)
     await _state(deps, job.task_id, "RETRY", error=reason, retry_at=retry_at.isoformat())
+    _observe(deps, "retried")
     log.info("job.retrying", error=reason, delay=round(delay, 3), duration=round(time.monotonic() - started, 4),
              **fields)
     raise RetryLater(delay, reason)

@@ -97,10 +97,10 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
                                       before=before)
     page = rows[: q.limit]
     nxt = cursors.encode(iso(page[-1].created_at) or "", page[-1].id) if len(rows) > q.limit else None
-    return TaskPage(items=[_summary(r) for r in page], next_cursor=nxt)
+    return TaskPage(items=[summary(r) for r in page], next_cursor=nxt)
 
 
-def _summary(r: TaskRecord) -> TaskSummary:
+def summary(r: TaskRecord) -> TaskSummary:
     return TaskSummary(task_id=r.id, state=r.state, status=STATUS_WORDS[r.state], agent_id=r.agent_id,  # type: ignore[arg-type]
                        kind=r.kind, owner_id=r.owner_id, tries=r.tries, error=r.error, created_at=r.created_at,
                        started_at=r.started_at, completed_at=r.completed_at, scheduled_for=r.scheduled_for)

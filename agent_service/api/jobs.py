@@ -1,0 +1,33 @@
+"""/api/v1/jobs: the admin view of the job system, and re-running a failed task."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agent_service.api import context
+from agent_service.api.docs import operation
+from agent_service.api.io import json_response
+from agent_service.api.routing import route
+from agent_service.schemas.jobs import JobsOverview
+from agent_service.schemas.tasks import TaskStatus
+from agent_service.services import job_admin
+
+
+@operation(summary="Job system overview", tag="Admin", response=JobsOverview, scope="admin", errors=(401, 403, 503),
+           description="Queue depth (queued, deferred, in progress, retrying), the workers alive with their last "
+                       "heartbeat and counters, completions and failures per minute over the last 15 minutes, "
+                       "and the most recent failures with their errors.")
+async def overview(request: Request) -> Response:
+    return json_response(await job_admin.overview(context.deps(request)), headers={"Cache-Control": "no-store"})
+
+
+@operation(summary="Retry a failed task", tag="Admin", response=TaskStatus, status=202, scope="admin",
+           errors=(401, 403, 404, 409, 503),
+           description="Queue a failed or cancelled agent task again under the same id, from its stored input.")
+async def retry(request: Request) -> Response:
+    status = await job_admin.retry(context.deps(request), request.path_params["task_id"])
+    return json_response(status, status=202, headers={"Location": f"/api/v1/agents/tasks/{status.task_id}"})
+
+
+routes = [route("/jobs", overview, ["GET"]), route("/jobs/{task_id}/retry", retry, ["POST"])]

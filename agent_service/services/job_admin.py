@@ -1,0 +1,68 @@
+"""Admin operations on the job system: overview (queue, workers, throughput, failures) and retry."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+import msgspec
+
+from agent_service.errors import Conflict
+from agent_service.jobs import names
+from agent_service.jobs.payloads import AgentJob
+from agent_service.jobs.workers import WorkerBoard
+from agent_service.logging import get_logger
+from agent_service.schemas.jobs import JobsOverview, MinuteStat, QueueDepth, WorkerInfo
+from agent_service.schemas.tasks import TaskStatus
+from agent_service.services import tasks as task_service
+from agent_service.services.deps import Deps
+from agent_service.storage import tasks as task_store
+
+log = get_logger(__name__)
+WINDOW_MINUTES = 15
+
+
+def _minute(ts: str) -> datetime:
+    return datetime.fromisoformat(ts).replace(second=0, microsecond=0)
+
+
+async def overview(deps: Deps) -> JobsOverview:
+    now = deps.clock()
+    depth = await deps.queue.depth(now_ms=int(now.timestamp() * 1000))
+    states = await task_store.count_by_state(deps.db)
+    board = WorkerBoard(deps.redis, queue_name=deps.settings.queue_name)
+    workers = [msgspec.convert(w, WorkerInfo, strict=False) for w in await board.alive()]
+    since = (now - timedelta(minutes=WINDOW_MINUTES - 1)).replace(second=0, microsecond=0)
+    counts: Counter[tuple[datetime, str]] = Counter(
+        (_minute(ts), state) for ts, state in await task_store.finished_since(deps.db, since)
+    )
+    throughput = [
+        MinuteStat(minute=m, completed=counts[(m, "SUCCESS")], failed=counts[(m, "FAILURE")],
+                   cancelled=counts[(m, "REVOKED")])
+        for m in (since + timedelta(minutes=i) for i in range(WINDOW_MINUTES))
+    ]
+    failures = [task_service.summary(r) for r in await task_store.recent_failures(deps.db, limit=20)]
+    return JobsOverview(
+        queue=QueueDepth(queued=depth["queued"], deferred=depth["deferred"],
+                         in_progress=states.get("STARTED", 0), retrying=states.get("RETRY", 0)),
+        workers=sorted(workers, key=lambda w: w.worker_id), throughput=throughput, recent_failures=failures,
+        window_minutes=WINDOW_MINUTES,
+    )
+
+
+async def retry(deps: Deps, task_id: str) -> TaskStatus:
+    """Run a failed or cancelled task again under the same id, from its stored payload."""
+    record = await task_service.get_record(deps, task_id, owner_id="", is_admin=True)
+    if record.state not in ("FAILURE", "REVOKED") or not record.payload:
+        raise Conflict(f"Only failed or cancelled agent tasks can be retried (this one is {record.state}).",
+                       code="task_not_retryable")
+    job = msgspec.json.decode(record.payload, type=AgentJob)
+    await deps.queue.forget(task_id)  # arq refuses an id whose result is still kept
+    await deps.events.clear_cancel(task_id)  # a stale cancel must not kill the new run
+    await deps.events.reset_chunks(task_id)
+    if not await task_store.requeue(deps.db, task_id, now=deps.clock()):
+        raise Conflict("The task changed state meanwhile; try again.", code="task_not_retryable")
+    await deps.queue.enqueue(names.JOB_FOR_KIND[record.kind], job, job_id=task_id)
+    await deps.events.publish(task_id, "state", {"state": "PENDING", "retried_by_admin": True}, progress=0)
+    log.info("task.requeued", task_id=task_id)
+    return await task_service.get_status(deps, task_id, owner_id="", is_admin=True)
