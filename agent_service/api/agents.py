@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -12,12 +13,14 @@ from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response, read_json
 from agent_service.api.routing import route
+from agent_service.errors import ValidationFailed
 from agent_service.schemas.agents import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
 from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services import invocations
 from agent_service.services.invocations import StreamEvent
 
 _json = msgspec.json.Encoder()
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 def _agent_id(request: Request) -> str | None:
@@ -71,15 +74,29 @@ async def stream(request: Request) -> Response:
 @operation(summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
            response=TaskAccepted, status=202, errors=(400, 401, 403, 404, 413, 415, 422, 503), scope="agents:invoke",
            description="Queue the invocation as a background task and answer at once with its id and "
-                       "status URL. `stream: true` runs the streaming job, whose chunks are kept.")
+                       "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
+                       "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
+                       "60 s after it). `run_at` (RFC 3339, at most 7 days ahead) or `delay_seconds` schedule "
+                       "it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
+                       "return the original answer; the same key with another body is a 409.")
 async def invoke_async(request: Request) -> Response:
     deps = context.deps(request)
     body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
     agent_id = _agent_id(request) or deps.settings.default_agent
-    accepted = await invocations.enqueue(
-        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request)
+    accepted, replayed = await invocations.enqueue(
+        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request),
+        idempotency_key=_idempotency_key(request),
     )
-    return json_response(accepted, status=202, headers={"Location": accepted.status_url})
+    headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}
+    return json_response(accepted, status=202, headers=headers)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed("Idempotency-Key must be 1-255 printable ASCII characters.",
+                               errors=[{"path": "header.Idempotency-Key", "message": "Invalid key"}])
+    return key
 
 
 routes = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -79,7 +79,7 @@ class JobQueue:
         arg = msgspec.to_builtins(payload) if isinstance(payload, msgspec.Struct) else payload
         job = await self.redis.enqueue_job(
             function, arg, _job_id=job_id, _queue_name=self._queue_name,
-            _defer_until=defer_until, _defer_by=defer_by,
+            _defer_until=defer_until, _defer_by=timedelta(seconds=defer_by) if defer_by else None,
         )
         return job is not None
 

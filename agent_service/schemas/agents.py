@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -28,8 +29,19 @@ class InvokeRequest(Body):
     metadata: dict[str, Any] | None = None
 
 
+Priority = Literal["high", "normal", "low"]
+MAX_SCHEDULE_SECONDS = 7 * 24 * 3600
+
+
 class InvokeAsyncRequest(InvokeRequest):
     stream: bool = False
+    priority: Annotated[Priority, msgspec.Meta(description="Under a backlog: high before normal before low.")] = (
+        "normal"
+    )
+    run_at: Annotated[datetime, msgspec.Meta(description="RFC 3339 time to run at, at most 7 days ahead.")] | None = (
+        None
+    )
+    delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_SCHEDULE_SECONDS)] | None = None
 
 
 class InvokeResponse(msgspec.Struct, kw_only=True):

@@ -28,6 +28,8 @@ class TaskAccepted(msgspec.Struct, kw_only=True):
     status: TaskStatusWord
     message: str
     status_url: str
+    priority: str = "normal"
+    scheduled_for: datetime | None = None
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -57,6 +59,8 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     next_retry_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    priority: str | None = None
 
 
 class TaskQuery(PageQuery):

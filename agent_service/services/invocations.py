@@ -6,16 +6,25 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from agent_service.agents.base import Agent, AgentError, AgentInput, StreamMeta
-from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable
-from agent_service.jobs import names
+from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
+from agent_service.jobs import names, priority
+from agent_service.jobs.idempotency import IdempotencyStore, fingerprint
 from agent_service.jobs.payloads import AgentJob
 from agent_service.logging import get_logger
-from agent_service.schemas.agents import AgentInfo, AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
+from agent_service.schemas.agents import (
+    MAX_SCHEDULE_SECONDS,
+    AgentInfo,
+    AgentList,
+    InvokeAsyncRequest,
+    InvokeRequest,
+    InvokeResponse,
+)
 from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services.agent_errors import to_app_error
 from agent_service.services.deps import Deps
@@ -108,10 +117,52 @@ def status_url(deps: Deps, task_id: str) -> str:
     return f"{base.rstrip('/')}{path}" if base else path
 
 
+def _when(deps: Deps, req: InvokeAsyncRequest) -> datetime | None:
+    """The time a scheduled request should run at; None for 'as soon as possible'."""
+    if req.run_at is not None and req.delay_seconds is not None:
+        raise ValidationFailed("Give either run_at or delay_seconds, not both.",
+                               errors=[{"path": "$.delay_seconds", "message": "Not allowed together with run_at"}])
+    now = deps.clock()
+    if req.delay_seconds:
+        return now + timedelta(seconds=req.delay_seconds)
+    if req.run_at is None:
+        return None
+    if req.run_at.tzinfo is None:
+        raise ValidationFailed("run_at needs a time zone offset (RFC 3339).",
+                               errors=[{"path": "$.run_at", "message": "Expected an offset such as Z or +02:00"}])
+    if req.run_at - now > timedelta(seconds=MAX_SCHEDULE_SECONDS):
+        raise ValidationFailed("run_at is more than 7 days ahead.",
+                               errors=[{"path": "$.run_at", "message": "At most 7 days ahead"}])
+    return req.run_at if req.run_at > now else None
+
+
 async def enqueue(
-    deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str | None, request_id: str | None
-) -> TaskAccepted:
+    deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str, request_id: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[TaskAccepted, bool]:
+    """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key."""
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
+    run_at = _when(deps, req)
+    if idempotency_key is None:
+        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id), False
+    store = IdempotencyStore(deps.redis)
+    fp = fingerprint(agent.name, msgspec.json.encode(req))
+    stored = await store.begin(owner_id, idempotency_key, fp)
+    if stored is not None:
+        return msgspec.convert(stored.body, TaskAccepted), True
+    try:
+        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id)
+    except BaseException:
+        await store.abandon(owner_id, idempotency_key)
+        raise
+    await store.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
+    return accepted, False
+
+
+async def _enqueue(
+    deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
+    request_id: str | None,
+) -> TaskAccepted:
     task_id = uuid.uuid4().hex
     kind = names.KIND_STREAM if req.stream else names.KIND_INVOKE
     payload = AgentJob(
@@ -121,10 +172,12 @@ async def enqueue(
     await task_store.create(
         deps.db, task_id=task_id, kind=kind, agent_id=agent.name, owner_id=owner_id,
         request_id=request_id, session_id=req.session_id, now=deps.clock(),
-        payload=msgspec.json.encode(payload).decode(),
+        payload=msgspec.json.encode(payload).decode(), scheduled_for=run_at, priority=req.priority,
     )
+    defer_until, defer_by = priority.schedule(req.priority, run_at)
     try:
-        await deps.queue.enqueue(names.JOB_FOR_KIND[kind], payload, job_id=task_id)
+        await deps.queue.enqueue(names.JOB_FOR_KIND[kind], payload, job_id=task_id, defer_until=defer_until,
+                                 defer_by=defer_by)
     except ServiceUnavailable:
         await task_store.delete(deps.db, task_id)  # the client was told 503: leave no phantom task
         raise
@@ -132,5 +185,5 @@ async def enqueue(
     log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
     return TaskAccepted(
         task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",
-        status_url=status_url(deps, task_id),
+        status_url=status_url(deps, task_id), priority=req.priority, scheduled_for=run_at,
     )

@@ -65,6 +65,8 @@ async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin
         started_at=record.started_at,
         completed_at=record.completed_at,
         next_retry_at=record.next_retry_at,
+        scheduled_for=record.scheduled_for,
+        priority=record.priority,
     )
 
 
