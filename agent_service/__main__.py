@@ -1,4 +1,4 @@
-"""CLI: dev | web | worker | migrate | create-user | create-api-key."""
+"""CLI: dev | web | worker | migrate | create-user | create-api-key | enqueue."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import getpass
 import sys
+from pathlib import Path
 
+import msgspec
 import uvicorn
 from arq.worker import get_kwargs
 
-from agent_service import bootstrap
+from agent_service import bootstrap, enqueue_cli
 from agent_service.auth.principal import TIERS
 from agent_service.config import Settings, load_settings
 from agent_service.dev import run_dev
@@ -51,6 +53,14 @@ def _migrate(settings: Settings) -> int:
 
 def _dev(settings: Settings) -> int:
     return run_dev(settings)
+
+
+def _with_dev_redis(settings: Settings) -> Settings:
+    """Scripts run beside `dev` find its embedded server through var/redis.url."""
+    url_file = Path(settings.var_dir) / "redis.url"
+    if settings.redis_url or not url_file.is_file():
+        return settings
+    return msgspec.structs.replace(settings, redis_url=url_file.read_text().strip())
 
 
 def _read_password() -> str:
@@ -95,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     ck.add_argument("--name", default="cli")
     ck.add_argument("--scopes", help="comma-separated; default: everything the user may hold")
     ck.add_argument("--tier", choices=TIERS)
+    enqueue_cli.add_arguments(sub.add_parser("enqueue", help="queue an agent invocation by hand"))
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = _with_dev_redis(load_settings())
+        if args.command == "enqueue":
+            return enqueue_cli.main(settings, args)
         if args.command == "create-user":
             return _create_user(settings, args)
         if args.command == "create-api-key":

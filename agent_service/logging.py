@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -25,7 +25,8 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure_logging(settings: Settings, process: str = "app") -> None:
+def configure_logging(settings: Settings, process: str = "app", *, stream: TextIO | None = None,
+                      level: str | None = None) -> None:
     use_json = settings.log_json if settings.log_json is not None else not sys.stdout.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -53,11 +54,11 @@ def configure_logging(settings: Settings, process: str = "app") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
+    root.setLevel(level or settings.log_level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker", "arq.jobs"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

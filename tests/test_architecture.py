@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"config", "errors", "schemas", "logging", "clock", "services", "storage", "auth", "agents", "jobs"},
     "redis_server": set(),
 }
-ENTRY_POINTS = {"app", "worker", "worker_factory", "__main__", "dev", "bootstrap"}
+ENTRY_POINTS = {"app", "worker", "worker_factory", "__main__", "dev", "bootstrap", "enqueue_cli"}
 FRAMEWORKS = {"starlette", "arq", "uvicorn"}
 
 
