@@ -108,4 +108,5 @@ def test_request_id_reaches_the_worker_log(live_service: Live) -> None:
     assert resp.headers["x-request-id"] == "e2e-trace-1"
     poll(live, resp.json()["task_id"], {"SUCCESS"})
     assert '"request_id": "e2e-trace-1"' in live.web.output()
-    assert any('"job.succeeded"' in ln and '"request_id": "e2e-trace-1"' in ln for ln in live.worker.output().splitlines())
+    worker_lines = live.worker.output().splitlines()
+    assert any('"job.succeeded"' in ln and '"request_id": "e2e-trace-1"' in ln for ln in worker_lines)
