@@ -13,7 +13,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import agents, api_keys, auth, health, jobs, tasks, users
+from agent_service.api import agents, api_keys, audit_logs, auth, health, jobs, tasks, users
+from agent_service.api.client_ip import parse_trusted
 from agent_service.api.middleware import RequestContextMiddleware
 from agent_service.api.problems import EXCEPTION_HANDLERS, problem
 from agent_service.api.routing import WWW_AUTHENTICATE
@@ -31,7 +32,8 @@ log = get_logger(__name__)
 
 def api_routes() -> list[BaseRoute]:
     # tasks before agents: "/agents/tasks/..." must not be taken for an agent id
-    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes, *jobs.routes]
+    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes, *jobs.routes,
+            *audit_logs.routes]
 
 
 def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -58,11 +60,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await app.state.deps.aclose()
 
+    trusted = parse_trusted(settings.trusted_proxies)
     app = Starlette(
         routes=[*health.routes, Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+
+    app.state.trusted_proxies = trusted
 
     async def bearer(token: str) -> Principal:
         return await identity.principal_from_bearer(app.state.deps, token)

@@ -80,8 +80,7 @@ def build_worker_settings(settings: Settings) -> type:
             if deps.stats is not None:
                 with contextlib.suppress(AppError):
                     await WorkerBoard(deps.redis, queue_name=settings.queue_name).remove(deps.stats.worker_id)
-            await deps.http.aclose()
-            await deps.db.close()
+            await deps.aclose(close_redis=False)  # arq closes its own pool
 
     tries = settings.job_max_retries + 1
     attrs = {

@@ -39,6 +39,8 @@ async def list_agents(request: Request) -> Response:
            description="Run the agent (the default one when no id is given) and wait for its answer.")
 async def invoke(request: Request) -> Response:
     deps = context.deps(request)
+    agent = _agent_id(request) or deps.settings.default_agent
+    context.audit(request, "EXECUTE", "agent", agent, mode="sync")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
     return json_response(await invocations.invoke(deps, _agent_id(request), body))
 
@@ -63,6 +65,7 @@ async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
                        "metadata, or `error`. Disconnecting stops the agent.")
 async def stream(request: Request) -> Response:
     deps = context.deps(request)
+    context.audit(request, "EXECUTE", "agent", _agent_id(request) or deps.settings.default_agent, mode="stream")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
     events = await invocations.open_stream(deps, _agent_id(request), body)
     return StreamingResponse(
@@ -81,12 +84,14 @@ async def stream(request: Request) -> Response:
                        "return the original answer; the same key with another body is a 409.")
 async def invoke_async(request: Request) -> Response:
     deps = context.deps(request)
-    body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
     agent_id = _agent_id(request) or deps.settings.default_agent
+    context.audit(request, "EXECUTE", "agent", agent_id, mode="async")
+    body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
     accepted, replayed = await invocations.enqueue(
         deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request),
         idempotency_key=_idempotency_key(request),
     )
+    context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
     headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}
     return json_response(accepted, status=202, headers=headers)
 

@@ -22,8 +22,11 @@ SCOPE = "api_keys:manage"
                        "cannot hold a scope its creator lacks; only admins grant `admin` or `audit:read`.")
 async def create_key(request: Request) -> Response:
     deps = context.deps(request)
+    context.audit(request, "CREATE", "api_key")
     body = await read_json(request, ApiKeyCreate, limit=deps.settings.max_body_bytes)
     created = await api_keys.create_key(deps, context.principal(request), body)
+    context.audit(request, "CREATE", "api_key", created.id, name=created.name, scopes=created.scopes,
+                  tier=created.tier)
     return json_response(created, status=201, headers={"Location": f"/api/v1/api-keys/{created.id}",
                                                        "Cache-Control": "no-store"})
 
@@ -47,6 +50,7 @@ async def get_key(request: Request) -> Response:
 @operation(summary="Revoke an API key", tag="API Keys", status=204, scope=SCOPE, errors=(401, 403, 404),
            description="The key stops working at once. Revoking twice is harmless.")
 async def revoke_key(request: Request) -> Response:
+    context.audit(request, "DELETE", "api_key", request.path_params["key_id"])
     await api_keys.revoke_key(context.deps(request), context.principal(request), request.path_params["key_id"])
     return Response(status_code=204)
 
@@ -55,8 +59,10 @@ async def revoke_key(request: Request) -> Response:
            errors=(401, 403, 404),
            description="Issue a replacement with the same name, scopes and tier; the old key stops working.")
 async def rotate_key(request: Request) -> Response:
+    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated=True)
     created = await api_keys.rotate_key(context.deps(request), context.principal(request),
                                         request.path_params["key_id"])
+    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated_to=created.id)
     return json_response(created, status=201, headers={"Cache-Control": "no-store"})
 
 

@@ -42,7 +42,9 @@ async def _credentials(request: Request) -> TokenRequest:
            description="Exchange email and password (JSON, or an OAuth2 password-grant form with `username`) "
                        "for a short-lived access token and a single-use refresh token.")
 async def token(request: Request) -> Response:
+    context.audit(request, "LOGIN", "auth")
     creds = await _credentials(request)
+    context.audit(request, "LOGIN", "auth", email=creds.email)
     tokens, _ = await identity.login(context.deps(request), creds.email, creds.password)
     return json_response(tokens, headers=NO_STORE)
 
@@ -53,8 +55,10 @@ async def token(request: Request) -> Response:
                        "one revokes its whole family.")
 async def refresh(request: Request) -> Response:
     deps = context.deps(request)
+    context.audit(request, "LOGIN", "refresh_token")
     body = await read_json(request, RefreshRequest, limit=deps.settings.max_body_bytes)
-    tokens, _ = await identity.refresh(deps, body.refresh_token)
+    tokens, user = await identity.refresh(deps, body.refresh_token)
+    context.audit(request, "LOGIN", "refresh_token", user.id, grant="refresh_token")
     return json_response(tokens, headers=NO_STORE)
 
 
@@ -66,6 +70,7 @@ async def logout(request: Request) -> Response:
     body = LogoutRequest()
     if await request.body():
         body = await read_json(request, LogoutRequest, limit=deps.settings.max_body_bytes)
+    context.audit(request, "LOGOUT", "auth", revoked_refresh=bool(body.refresh_token))
     await identity.logout(deps, context.principal(request), body.refresh_token)
     return Response(status_code=204)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 
 from agent_service.auth.principal import Principal
 from agent_service.errors import Unauthorized
+from agent_service.schemas.audit import AuditAction
 from agent_service.services.deps import Deps
 
 
@@ -33,3 +36,10 @@ def owner_id(request: Request) -> str:
 
 def is_admin(request: Request) -> bool:
     return principal(request).is_admin
+
+
+def audit(request: Request, action: AuditAction, resource_type: str, resource_id: str | None = None,
+          **metadata: Any) -> None:
+    """Ask for an audit entry for this request; the middleware writes it with the final status
+    (a LOGIN that ends in 401 is recorded as FAILED_AUTH)."""
+    request.scope.setdefault("state", {})["audit"] = (action, resource_type, resource_id, metadata)

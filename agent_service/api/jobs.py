@@ -26,6 +26,7 @@ async def overview(request: Request) -> Response:
            errors=(401, 403, 404, 409, 503),
            description="Queue a failed or cancelled agent task again under the same id, from its stored input.")
 async def retry(request: Request) -> Response:
+    context.audit(request, "EXECUTE", "task", request.path_params["task_id"], retry=True)
     status = await job_admin.retry(context.deps(request), request.path_params["task_id"])
     return json_response(status, status=202, headers={"Location": f"/api/v1/agents/tasks/{status.task_id}"})
 

@@ -11,8 +11,11 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent_service.api.client_ip import client_ip
 from agent_service.api.problems import internal_error
 from agent_service.logging import get_logger
+from agent_service.schemas.audit import AuditAction
+from agent_service.services.audit import audit_entry
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 log = get_logger("agent_service.http")
@@ -60,6 +63,7 @@ class RequestContextMiddleware:
             if not response_started:
                 await internal_error(scope)(scope, receive, send_wrapper)
         finally:
+            _audit(scope, status)
             route = scope.get("route")
             log.info(
                 "http.request", method=scope.get("method"), path=scope.get("path"),
@@ -67,3 +71,26 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _audit(scope: Scope, status: int) -> None:
+    state = scope.get("state", {})
+    requested = state.get("audit")
+    if requested is None and status != 401:
+        return
+    action: AuditAction
+    action, resource_type, resource_id, metadata = requested or ("FAILED_AUTH", "auth", None, {})
+    if status == 401 or (action == "LOGIN" and status >= 400):
+        action = "FAILED_AUTH"
+    app = scope.get("app")
+    deps = getattr(getattr(app, "state", None), "deps", None)
+    if app is None or deps is None:
+        return
+    headers = dict(scope.get("headers", []))
+    entry = audit_entry(
+        action, resource_type, principal=getattr(scope.get("user"), "principal", None),
+        resource_id=resource_id, request_id=state.get("request_id"), method=scope.get("method"),
+        path=scope.get("path"), status=status, client_ip=client_ip(scope, getattr(app.state, "trusted_proxies", [])),
+        user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:300] or None, metadata=metadata or {},
+    )
+    deps.record(entry)

@@ -49,6 +49,7 @@ async def list_tasks(request: Request) -> Response:
                        "any partial stream output. Answers 200 once `REVOKED`, 202 while the worker is stopping "
                        "it; a finished task is a 409.")
 async def cancel_task(request: Request) -> Response:
+    context.audit(request, "CANCEL", "task", request.path_params["task_id"])
     status = await tasks.cancel(context.deps(request), request.path_params["task_id"],
                                 owner_id=context.owner_id(request), is_admin=context.is_admin(request))
     return json_response(status, status=200 if status.state == "REVOKED" else 202)

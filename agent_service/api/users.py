@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,8 +20,10 @@ from agent_service.services import users
            description="Admins only. Emails are unique regardless of case.")
 async def create_user(request: Request) -> Response:
     deps = context.deps(request)
+    context.audit(request, "CREATE", "user")
     body = await read_json(request, UserCreate, limit=deps.settings.max_body_bytes)
     out = await users.create_user(deps, body)
+    context.audit(request, "CREATE", "user", out.id, email=out.email, roles=out.roles)
     return json_response(out, status=201, headers={"Location": f"/api/v1/users/{out.id}"})
 
 
@@ -37,7 +40,10 @@ async def list_users(request: Request) -> Response:
                        "stops their tokens and API keys at once.")
 async def update_user(request: Request) -> Response:
     deps = context.deps(request)
+    context.audit(request, "UPDATE", "user", request.path_params["user_id"])
     body = await read_json(request, UserUpdate, limit=deps.settings.max_body_bytes)
+    context.audit(request, "UPDATE", "user", request.path_params["user_id"],
+                  changes=msgspec.to_builtins(body))
     return json_response(await users.update_user(deps, request.path_params["user_id"], body))
 
 

@@ -16,6 +16,8 @@ from agent_service.jobs import queue as job_queue
 from agent_service.jobs.events import TaskEvents
 from agent_service.jobs.queue import JobQueue, QueueConnection
 from agent_service.jobs.workers import WorkerStats
+from agent_service.schemas.audit import AuditEntry
+from agent_service.services.audit import AuditWriter
 from agent_service.storage.db import Database
 from agent_service.storage.migrate import migrate
 
@@ -38,6 +40,7 @@ class Deps:
     clock: Clock = utcnow
     auth_kit: AuthKit | None = None
     stats: WorkerStats | None = None  # set in worker processes
+    audit: AuditWriter | None = None
     rng: Callable[[], float] = field(default=random.random)
 
     @property
@@ -46,10 +49,18 @@ class Deps:
             raise RuntimeError("authentication is not set up in this process")
         return self.auth_kit
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, close_redis: bool = True) -> None:
+        if self.audit is not None:
+            await self.audit.aclose()  # before the database: nothing buffered is lost
         await self.http.aclose()
-        await self.redis.aclose()
+        if close_redis:
+            await self.redis.aclose()
         await self.db.close()
+
+    def record(self, entry: AuditEntry) -> None:
+        """Append to the audit log without waiting or failing (see services/audit.py)."""
+        if self.audit is not None:
+            self.audit.record(entry)
 
 
 async def open_deps(
@@ -63,7 +74,10 @@ async def open_deps(
     if with_auth:
         secret = resolve_secret(settings)
         auth_kit = AuthKit(secret=secret, verifier=TokenVerifier(settings, secret, redis))
+    audit = AuditWriter.from_settings(db, settings, clock=clock)
+    await audit.start()
     return Deps(
+        audit=audit,
         auth_kit=auth_kit,
         settings=settings,
         db=db,

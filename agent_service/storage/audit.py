@@ -40,19 +40,19 @@ _json = msgspec.json.Encoder()
 _CursorKey = tuple[str, Annotated[int, msgspec.Meta(ge=1, le=_SQLITE_MAX_INT)]]
 
 
-def _clip(value: str | None) -> str | None:
-    return value if value is None or len(value) <= _MAX_TEXT else value[:_MAX_TEXT]
+def _clip(value: str | None, limit: int = _MAX_TEXT) -> str | None:
+    return value if value is None or len(value) <= limit else value[:limit]
 
 
 def to_row(entry: AuditEntry, *, now: datetime) -> AuditRow:
     """Encode an entry for INSERT. Done at record time so a bad entry fails alone, not its batch."""
     return (
         iso(entry.timestamp or now),
-        _clip(entry.actor) or "anonymous",
+        _clip(entry.actor, 200) or "anonymous",  # the limits of Actor / ResourceType in the schema
         _clip(entry.actor_user_id),
         _clip(entry.actor_api_key_id),
         entry.action,
-        _clip(entry.resource_type),
+        _clip(entry.resource_type, 64) or "unknown",
         _clip(entry.resource_id),
         _clip(entry.request_id),
         _clip(entry.method),
