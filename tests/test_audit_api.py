@@ -74,7 +74,7 @@ async def test_forwarded_for_is_honoured_only_from_trusted_proxies(make_settings
         async with app_client(settings) as client:
             client._transport = httpx.ASGITransport(app=client.app, client=("127.0.0.1", 5000))
             admin = {"X-API-Key": await add_user(client.app, f"ip{len(trusted)}@example.com", admin=True)}
-            await client.post("/api/v1/agents/echo/invoke", json={"message": "ip"},
-                              headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Request-ID": f"ip-{expected}"})
+            headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Request-ID": f"ip-{expected}"}
+            await client.post("/api/v1/agents/echo/invoke", json={"message": "ip"}, headers=headers)
             [row] = await entries(client, admin, request_id=f"ip-{expected}")
             assert row["client_ip"] == expected
