@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import agents, api_keys, audit_logs, auth, health, jobs, tasks, users
+from agent_service.api import agents, api_keys, audit_logs, auth, dashboard, health, jobs, sessions, tasks, users
 from agent_service.api.client_ip import parse_trusted
 from agent_service.api.middleware import RequestContextMiddleware
 from agent_service.api.problems import EXCEPTION_HANDLERS, problem
@@ -33,7 +33,7 @@ log = get_logger(__name__)
 def api_routes() -> list[BaseRoute]:
     # tasks before agents: "/agents/tasks/..." must not be taken for an agent id
     return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes, *jobs.routes,
-            *audit_logs.routes]
+            *audit_logs.routes, *sessions.routes]
 
 
 def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     trusted = parse_trusted(settings.trusted_proxies)
     app = Starlette(
-        routes=[*health.routes, Mount(API_PREFIX, routes=api_routes())],
+        routes=[*health.routes, *dashboard.routes, Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -12,20 +12,23 @@ from typing import Any
 import msgspec
 import structlog
 from arq import Retry
+from arq.cron import CronJob, cron
 from arq.worker import func
 
 from agent_service.config import Settings
 from agent_service.errors import AppError
-from agent_service.jobs import names, serializer
+from agent_service.jobs import cron_spec, names, serializer
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.queue import redis_settings
 from agent_service.jobs.retry import RetryLater
 from agent_service.jobs.workers import WorkerBoard, WorkerStats
 from agent_service.logging import configure_logging, get_logger
+from agent_service.services import maintenance_runner
 from agent_service.services.deps import Deps, open_deps
 from agent_service.services.job_runner import run_agent_job
 
 log = get_logger(__name__)
+MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a finished slot
 
 
 async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -61,6 +64,27 @@ async def _heartbeat(deps: Deps, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _maintenance_job(name: str) -> Any:
+    async def job(ctx: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        task_id = payload.get("task_id") if isinstance(payload, dict) else None
+        # cron job ids are "<name>:<slot ms>"; an on-demand run carries its task id instead
+        slot = None if task_id else str(ctx["job_id"]).rpartition(":")[2]
+        return await maintenance_runner.run(ctx["deps"], name, task_id=task_id, slot=slot)
+
+    job.__qualname__ = job.__name__ = name
+    return job
+
+
+def maintenance_crons(settings: Settings) -> list[CronJob]:
+    crons = []
+    for name in maintenance_runner.JOBS:
+        field = f"cron_{name}"
+        crons.append(cron(_maintenance_job(name), name=name, unique=True, keep_result=MAINTENANCE_RESULT_TTL,
+                          timeout=settings.job_time_limit, max_tries=1,
+                          **cron_spec.parse(field, getattr(settings, field))))  # type: ignore[arg-type]
+    return crons
+
+
 def build_worker_settings(settings: Settings) -> type:
     """A WorkerSettings class for `settings` (tests build one per temporary environment)."""
 
@@ -90,6 +114,7 @@ def build_worker_settings(settings: Settings) -> type:
             func(invoke_agent_with_streaming, name=names.INVOKE_AGENT_STREAMING,
                  timeout=settings.stream_job_time_limit, keep_result=settings.job_result_ttl, max_tries=tries),
         ],
+        "cron_jobs": maintenance_crons(settings),
         "redis_settings": redis_settings(settings) if settings.redis_url else None,
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

@@ -42,7 +42,7 @@ async def invoke(request: Request) -> Response:
     agent = _agent_id(request) or deps.settings.default_agent
     context.audit(request, "EXECUTE", "agent", agent, mode="sync")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
-    return json_response(await invocations.invoke(deps, _agent_id(request), body))
+    return json_response(await invocations.invoke(deps, _agent_id(request), body, owner_id=context.owner_id(request)))
 
 
 def _sse(event: StreamEvent) -> bytes:
@@ -67,7 +67,7 @@ async def stream(request: Request) -> Response:
     deps = context.deps(request)
     context.audit(request, "EXECUTE", "agent", _agent_id(request) or deps.settings.default_agent, mode="stream")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
-    events = await invocations.open_stream(deps, _agent_id(request), body)
+    events = await invocations.open_stream(deps, _agent_id(request), body, owner_id=context.owner_id(request))
     return StreamingResponse(
         _sse_body(events), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

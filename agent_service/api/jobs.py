@@ -9,8 +9,8 @@ from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response
 from agent_service.api.routing import route
-from agent_service.schemas.jobs import JobsOverview
-from agent_service.schemas.tasks import TaskStatus
+from agent_service.schemas.jobs import JobsOverview, MaintenanceList
+from agent_service.schemas.tasks import TaskAccepted, TaskStatus
 from agent_service.services import job_admin
 
 
@@ -31,4 +31,28 @@ async def retry(request: Request) -> Response:
     return json_response(status, status=202, headers={"Location": f"/api/v1/agents/tasks/{status.task_id}"})
 
 
-routes = [route("/jobs", overview, ["GET"]), route("/jobs/{task_id}/retry", retry, ["POST"])]
+@operation(summary="Maintenance jobs", tag="Admin", response=MaintenanceList, scope="admin", errors=(401, 403, 503),
+           description="The four maintenance jobs, their cron schedules (UTC) and the last result of each.")
+async def maintenance(request: Request) -> Response:
+    return json_response(await job_admin.maintenance_status(context.deps(request)))
+
+
+@operation(summary="Run a maintenance job now", tag="Admin", response=TaskAccepted, status=202, scope="admin",
+           errors=(401, 403, 404, 503),
+           description="Queue one of `cleanup_expired_sessions`, `archive_old_audit_logs`, "
+                       "`cleanup_token_blacklist`, `cleanup_temp_files`; follow it at `status_url` like any task "
+                       "(its result is the job's return value).")
+async def run_maintenance(request: Request) -> Response:
+    name = request.path_params["name"]
+    context.audit(request, "EXECUTE", "maintenance", name, trigger="manual")
+    accepted = await job_admin.trigger_maintenance(context.deps(request), name, owner_id=context.owner_id(request),
+                                                   request_id=context.request_id(request))
+    return json_response(accepted, status=202, headers={"Location": accepted.status_url})
+
+
+routes = [
+    route("/jobs", overview, ["GET"]),
+    route("/jobs/maintenance", maintenance, ["GET"]),
+    route("/jobs/maintenance/{name}", run_maintenance, ["POST"]),
+    route("/jobs/{task_id}/retry", retry, ["POST"]),
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -44,3 +45,13 @@ class JobsOverview(msgspec.Struct, kw_only=True):
     throughput: list[MinuteStat]
     recent_failures: list[TaskSummary]
     window_minutes: int
+
+
+class MaintenanceJob(msgspec.Struct, kw_only=True):
+    name: str
+    schedule: str  # cron, UTC
+    last: dict[str, Any] | None  # {result, ran_at, duration, trigger, slot | task_id}
+
+
+class MaintenanceList(msgspec.Struct, kw_only=True):
+    jobs: list[MaintenanceJob]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from agent_service.agents.base import Agent, AgentError, AgentInput, StreamMeta
+from agent_service.agents.base import Agent, AgentError, AgentInput, ChatMessage, StreamMeta
 from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
 from agent_service.jobs import names, priority
 from agent_service.jobs.idempotency import IdempotencyStore, fingerprint
@@ -28,6 +28,7 @@ from agent_service.schemas.agents import (
 from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services.agent_errors import to_app_error
 from agent_service.services.deps import Deps
+from agent_service.services.sessions import SessionService
 from agent_service.storage import tasks as task_store
 
 log = get_logger(__name__)
@@ -58,37 +59,55 @@ def resolve_agent(deps: Deps, agent_id: str | None) -> Agent:
     return agent
 
 
-def _input(req: InvokeRequest) -> AgentInput:
-    return AgentInput(message=req.message, session_id=req.session_id, metadata=dict(req.metadata or {}))
+async def _input(deps: Deps, agent: Agent, req: InvokeRequest, owner_id: str) -> AgentInput:
+    history: list[ChatMessage] = []
+    if req.session_id:
+        sessions = SessionService.from_deps(deps)
+        await sessions.check_usable(owner_id, req.session_id)
+        history = await sessions.history_for(owner_id, req.session_id, agent.name)
+    return AgentInput(message=req.message, session_id=req.session_id, metadata=dict(req.metadata or {}),
+                      history=history)
 
 
-async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest) -> InvokeResponse:
+async def _remember(deps: Deps, agent: Agent, req: InvokeRequest, owner_id: str, reply: str) -> None:
+    if req.session_id:
+        await SessionService.from_deps(deps).record_exchange(owner_id, req.session_id, agent.name, req.message, reply)
+
+
+async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest, *, owner_id: str) -> InvokeResponse:
     agent = resolve_agent(deps, agent_id)
+    data = await _input(deps, agent, req, owner_id)
     try:
         async with asyncio.timeout(deps.settings.sync_invoke_timeout):
-            out = await agent.invoke(_input(req))
+            out = await agent.invoke(data)
     except TimeoutError:
         raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
     except AgentError as exc:
         raise to_app_error(exc) from None
+    await _remember(deps, agent, req, owner_id, out.content)
     return InvokeResponse(response=out.content, metadata={**out.metadata, "agent_id": agent.name})
 
 
-async def open_stream(deps: Deps, agent_id: str | None, req: InvokeRequest) -> AsyncIterator[StreamEvent]:
+async def open_stream(
+    deps: Deps, agent_id: str | None, req: InvokeRequest, *, owner_id: str
+) -> AsyncIterator[StreamEvent]:
     """Start the agent's stream and wait for its first item, so that bad input or an unavailable
     agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
     agent = resolve_agent(deps, agent_id)
-    source = agent.stream(_input(req))
+    source = agent.stream(await _input(deps, agent, req, owner_id))
     try:
         first = await anext(source, None)
     except AgentError as exc:
         await source.aclose()  # type: ignore[attr-defined]
         raise to_app_error(exc) from None
-    return _events(agent.name, source, first)
+    return _events(agent.name, source, first, remember=lambda text: _remember(deps, agent, req, owner_id, text))
 
 
-async def _events(agent_name: str, source: AsyncIterator[Any], first: Any) -> AsyncIterator[StreamEvent]:
+async def _events(
+    agent_name: str, source: AsyncIterator[Any], first: Any, *, remember: Callable[[str], Awaitable[None]]
+) -> AsyncIterator[StreamEvent]:
     index = 0
+    parts: list[str] = []
     meta: dict[str, Any] = {"agent_id": agent_name}
     async with aclosing(source):  # type: ignore[type-var]
         item = first
@@ -98,6 +117,7 @@ async def _events(agent_name: str, source: AsyncIterator[Any], first: Any) -> As
                     meta.update(item.metadata)
                 else:
                     yield StreamEvent(event="chunk", data={"index": index, "content": item})
+                    parts.append(item)
                     index += 1
                 item = await anext(source, None)
         except AgentError as exc:
@@ -108,6 +128,7 @@ async def _events(agent_name: str, source: AsyncIterator[Any], first: Any) -> As
             log.exception("stream.agent_crashed", agent=agent_name)
             yield StreamEvent(event="error", data={"code": "agent_error", "detail": "The agent failed.", "status": 502})
             return
+    await remember("".join(parts))  # only a complete answer joins the conversation
     yield StreamEvent(event="done", data={"chunks": index, "metadata": meta})
 
 
@@ -143,6 +164,8 @@ async def enqueue(
     """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key."""
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
     run_at = _when(deps, req)
+    if req.session_id:
+        await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
     if idempotency_key is None:
         return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id), False
     store = IdempotencyStore(deps.redis)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 
 import msgspec
 
-from agent_service.errors import Conflict
+from agent_service.errors import AppError, Conflict, NotFound
 from agent_service.jobs import names
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.workers import WorkerBoard
 from agent_service.logging import get_logger
-from agent_service.schemas.jobs import JobsOverview, MinuteStat, QueueDepth, WorkerInfo
-from agent_service.schemas.tasks import TaskStatus
+from agent_service.schemas.jobs import JobsOverview, MaintenanceJob, MaintenanceList, MinuteStat, QueueDepth, WorkerInfo
+from agent_service.schemas.tasks import TaskAccepted, TaskStatus
+from agent_service.services import maintenance_runner
 from agent_service.services import tasks as task_service
 from agent_service.services.deps import Deps
+from agent_service.services.invocations import status_url
 from agent_service.storage import tasks as task_store
 
 log = get_logger(__name__)
@@ -66,3 +69,27 @@ async def retry(deps: Deps, task_id: str) -> TaskStatus:
     await deps.events.publish(task_id, "state", {"state": "PENDING", "retried_by_admin": True}, progress=0)
     log.info("task.requeued", task_id=task_id)
     return await task_service.get_status(deps, task_id, owner_id="", is_admin=True)
+
+
+async def maintenance_status(deps: Deps) -> MaintenanceList:
+    last = await maintenance_runner.last_results(deps)
+    return MaintenanceList(jobs=[
+        MaintenanceJob(name=name, schedule=getattr(deps.settings, f"cron_{name}"), last=last.get(name))
+        for name in maintenance_runner.JOBS
+    ])
+
+
+async def trigger_maintenance(deps: Deps, name: str, *, owner_id: str, request_id: str | None) -> TaskAccepted:
+    if name not in maintenance_runner.JOBS:
+        raise NotFound(f"No maintenance job named {name!r}.", code="job_not_found")
+    task_id = uuid.uuid4().hex
+    await task_store.create(deps.db, task_id=task_id, kind="maintenance", agent_id=name, owner_id=owner_id,
+                            request_id=request_id, session_id=None, now=deps.clock())
+    try:
+        await deps.queue.enqueue(name, {"task_id": task_id}, job_id=task_id)
+    except AppError:
+        await task_store.delete(deps.db, task_id)
+        raise
+    await deps.events.publish(task_id, "state", {"state": "PENDING"}, progress=0)
+    return TaskAccepted(task_id=task_id, status="queued", message=f"Maintenance job {name!r} queued.",
+                        status_url=status_url(deps, task_id))

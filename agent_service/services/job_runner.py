@@ -29,6 +29,7 @@ from agent_service.jobs.retry import RetryLater, backoff_delay
 from agent_service.logging import get_logger
 from agent_service.schemas.tasks import JobResult
 from agent_service.services.deps import Deps
+from agent_service.services.sessions import SessionService
 from agent_service.storage import tasks as task_store
 
 log = get_logger("agent_service.jobs")
@@ -148,6 +149,9 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> d
     except Exception:
         log.exception("job.crashed", **fields)
         await _fail(deps, job, "The agent crashed (internal error).", fields, started)
+    if job.session_id and not result.incomplete:
+        await SessionService.from_deps(deps).record_exchange(job.owner_id, job.session_id, job.agent_id,
+                                                             job.message, result.content)
     now = deps.clock()
     await task_store.mark_finished(deps.db, job.task_id, state="SUCCESS", error=None, now=now)
     await _state(deps, job.task_id, "SUCCESS", progress=100)
@@ -161,7 +165,11 @@ async def _run(deps: Deps, job: AgentJob, *, attempt: int, soft_limit: float) ->
     if agent is None:
         raise PermanentAgentError(f"No agent named {job.agent_id!r}.")
     await deps.events.progress(job.task_id, 20)
-    data = AgentInput(message=job.message, session_id=job.session_id, metadata=job.metadata, attempt=attempt)
+    history = []
+    if job.session_id:
+        history = await SessionService.from_deps(deps).history_for(job.owner_id, job.session_id, agent.name)
+    data = AgentInput(message=job.message, session_id=job.session_id, metadata=job.metadata, attempt=attempt,
+                      history=history)
     await deps.events.progress(job.task_id, 40)
     started_at = deps.clock()
     meta: dict[str, Any] = {"agent_id": agent.name}
