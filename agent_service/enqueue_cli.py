@@ -1,6 +1,6 @@
 """Enqueue by hand: `python -m agent_service enqueue` and `scripts/enqueue.py`.
 
-Queues an agent invocation straight into Redis (as the web API would), prints the task id,
+Queues an agent invocation (or a maintenance job, `--job NAME`) straight into Redis (as the web API would), prints the task id,
 and with --wait draws a progress bar from the task's live events until it ends. The exit code
 is 0 for SUCCESS and 1 otherwise. An entry-point module: only entry points import it.
 """
@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 
 from agent_service.config import Settings
-from agent_service.errors import AppError, NotFound
+from agent_service.errors import AppError, NotFound, ValidationFailed
 from agent_service.logging import configure_logging
 from agent_service.schemas.agents import InvokeAsyncRequest
 from agent_service.schemas.tasks import FINISHED_STATES
-from agent_service.services import invocations
+from agent_service.services import invocations, job_admin, maintenance_runner
 from agent_service.services import tasks as task_service
 from agent_service.services.deps import Deps, open_deps
 from agent_service.storage import users as user_store
@@ -29,7 +29,8 @@ BAR = 30
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default=None, help="agent id (default: DEFAULT_AGENT)")
-    parser.add_argument("--message", "-m", required=True)
+    parser.add_argument("--message", "-m", help="the message (agent invocations)")
+    parser.add_argument("--job", choices=sorted(maintenance_runner.JOBS), help="run a maintenance job instead")
     parser.add_argument("--session", default=None, help="conversation session id")
     parser.add_argument("--stream", action="store_true", help="run the streaming job")
     parser.add_argument("--metadata", default=None, help="JSON object passed to the agent")
@@ -70,11 +71,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         user = await user_store.by_email(deps.db, email)
         if user is None:
             raise NotFound(f"No user {email!r}: create one with `python -m agent_service create-user`.")
-        meta: dict[str, Any] | None = msgspec.json.decode(args.metadata) if args.metadata else None
-        req = msgspec.convert({"message": args.message, "session_id": args.session, "metadata": meta,
-                               "stream": args.stream, "priority": args.priority}, InvokeAsyncRequest)
-        accepted, _ = await invocations.enqueue(deps, args.agent or settings.default_agent, req,
-                                                owner_id=user.id, request_id=None)
+        if args.job:
+            accepted = await job_admin.trigger_maintenance(deps, args.job, owner_id=user.id, request_id=None)
+        else:
+            if not args.message:
+                raise ValidationFailed("--message is required unless --job is given.")
+            meta: dict[str, Any] | None = msgspec.json.decode(args.metadata) if args.metadata else None
+            req = msgspec.convert({"message": args.message, "session_id": args.session, "metadata": meta,
+                                   "stream": args.stream, "priority": args.priority}, InvokeAsyncRequest)
+            accepted, _ = await invocations.enqueue(deps, args.agent or settings.default_agent, req,
+                                                    owner_id=user.id, request_id=None)
         print(accepted.task_id, flush=True)
         if not args.wait:
             return 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Enqueue an agent invocation (or, later, a maintenance job) by hand; see `--help`.
+"""Enqueue an agent invocation or a maintenance job by hand; see `--help`.
 
 Same as `python -m agent_service enqueue ...`. Reads REDIS_URL (or var/redis.url written by
 `dev`) and DATABASE_PATH like the service does.

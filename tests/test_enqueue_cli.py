@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,3 +35,20 @@ def test_enqueue_and_wait(env: dict[str, str], spawn: Callable[..., Any]) -> Non
     assert no_wait.returncode == 0 and len(no_wait.stdout.strip()) == 32
     unknown = run(env, "--agent", "ghost", "--message", "x")
     assert unknown.returncode == 2 and "ghost" in unknown.stderr
+    maint = run(env, "--job", "cleanup_expired_sessions", "--wait")
+    assert maint.returncode == 0, maint.stderr
+    result = json.loads(maint.stdout.partition("\n")[2])["result"]
+    assert result["deleted_count"] == 0 and result["status"] == "success"
+
+
+def test_arq_check_reports_worker_health(env: dict[str, str], spawn: Callable[..., Any]) -> None:
+    def check() -> int:
+        return subprocess.run([sys.executable, "-m", "arq", "--check", "agent_service.worker.WorkerSettings"],
+                              cwd=ROOT, env={**os.environ, **env}, capture_output=True, timeout=30).returncode
+
+    assert check() == 1  # no worker yet
+    spawn("worker", env)
+    deadline = time.monotonic() + 15
+    while check() != 0:
+        assert time.monotonic() < deadline, "arq --check never saw the worker"
+        time.sleep(0.3)
