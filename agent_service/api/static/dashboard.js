@@ -453,7 +453,8 @@
     closeDetail();
     const d = {
       taskId, gen: generation, controller: new AbortController(), lastEventId: null, retryMs: 1000,
-      chunkIndexes: new Set(), state: null, following: false,
+      chunkIndexes: new Set(), state: null, following: false, restart: false,
+      stamp: -1,  // when the newest applied update (status answer or event) was requested/received
     };
     detail = d;
     $("detail").hidden = false;
@@ -538,9 +539,14 @@
   }
 
   async function refreshDetailStatus(d) {
+    const stamp = now();
     try {
       const s = await api("GET", `/agents/tasks/${encodeURIComponent(d.taskId)}`);
-      if (isOpen(d)) showStatus(d, s);
+      // an answer older than the last event applied would move the view back: skip it
+      if (isOpen(d) && stamp >= d.stamp) {
+        d.stamp = stamp;
+        showStatus(d, s);
+      }
       return s;
     } catch (e) {
       if (!isOpen(d)) return null;
@@ -595,6 +601,7 @@
     if (!isOpen(d)) return true;
     let data;
     try { data = JSON.parse(ev.data); } catch (e) { return false; }
+    d.stamp = now();
     if (ev.event === "state") {
       // a new attempt (worker retry, admin retry) starts its stream output afresh
       if (data.state === "STARTED" || data.state === "PENDING") clearChunks(d);
@@ -610,8 +617,12 @@
   }
 
   async function follow(d) {
-    if (d.following) return;
+    if (d.following) {
+      d.restart = true;  // the running loop may be about to stop: make it go on
+      return;
+    }
     d.following = true;
+    d.restart = false;
     const streamStatus = $("detail-stream-status");
     try {
       while (isOpen(d)) {
@@ -649,7 +660,8 @@
         if (ended) {
           const s = await refreshDetailStatus(d);
           // the event log still holds an earlier run's end (e.g. before an admin retry): carry on after it
-          if (s && !FINISHED.has(s.state)) {
+          if (d.restart || (s && !FINISHED.has(s.state))) {
+            d.restart = false;
             await sleep(250);
             continue;
           }
@@ -669,11 +681,16 @@
     if (!d) return;
     $("cancel-btn").disabled = true;
     try {
+      const stamp = now();
       const s = await api("POST", `/agents/tasks/${encodeURIComponent(d.taskId)}/cancel`);
       if (!isOpen(d)) return;
       inlineError($("detail-error"), "");
-      setDetailState(d, s.state);
-      $("detail-status").textContent = s.state === "REVOKED" ? "cancelled" : "cancelling…";
+      // 202 answers the state before the worker stopped it; the REVOKED event may already be here
+      if (stamp >= d.stamp && !FINISHED.has(d.state)) {
+        d.stamp = stamp;
+        setDetailState(d, s.state);
+        $("detail-status").textContent = s.state === "REVOKED" ? "cancelled" : "cancelling…";
+      }
     } catch (e) {
       if (!isOpen(d)) return;
       if (e instanceof ApiError && e.status === 401) showError("Cancel", e);
@@ -687,13 +704,15 @@
     if (!d) return;
     $("retry-btn").disabled = true;
     try {
+      const stamp = now();
       const s = await api("POST", `/jobs/${encodeURIComponent(d.taskId)}/retry`);
       if (!isOpen(d)) return;
       inlineError($("detail-error"), "");
-      clearChunks(d);
-      showStatus(d, s);
-      const row = rows.get(d.taskId);
-      if (row) row.final = false;
+      if (stamp >= d.stamp) {  // else the new run's events are already here
+        d.stamp = stamp;
+        clearChunks(d);
+        showStatus(d, s);
+      }
       follow(d);  // resumes after the last event seen (Last-Event-ID)
     } catch (e) {
       if (!isOpen(d)) return;
