@@ -1,8 +1,8 @@
 """Enqueue by hand: `python -m agent_service enqueue` and `scripts/enqueue.py`.
 
 Queues an agent invocation (or a maintenance job, `--job NAME`) straight into Redis, as the web
-API would, prints the task id, and with --wait draws a progress bar from the task's live events until it ends. The exit code
-is 0 for SUCCESS and 1 otherwise. An entry-point module: only entry points import it.
+API would, prints the task id, and with --wait draws a progress bar from the task's live events
+until it ends. The exit code is 0 for SUCCESS and 1 otherwise. An entry-point module: only entry points import it.
 """
 
 from __future__ import annotations
