@@ -28,6 +28,10 @@ def events_key(task_id: str) -> str:
     return f"agent:task:{task_id}:events"
 
 
+def result_key(task_id: str) -> str:
+    return f"agent:task:{task_id}:result"
+
+
 def cancel_key(task_id: str) -> str:
     return f"agent:task:{task_id}:cancel"
 
@@ -50,6 +54,7 @@ class TaskEvents:
     async def publish(self, task_id: str, kind: str, data: dict[str, Any], *, progress: int | None = None) -> None:
         pipe = self._redis.pipeline(transaction=False)
         if progress is not None:
+            data = {**data, "progress": progress}
             pipe.hset(live_key(task_id), mapping={"progress": progress})
             pipe.expire(live_key(task_id), self._ttl)
         pipe.xadd(events_key(task_id), {"type": kind, "data": _json.encode(data)}, maxlen=100_000)
@@ -113,3 +118,19 @@ class TaskEvents:
             TaskEvent(id=eid.decode(), type=fields[b"type"].decode(), data=_decode.decode(fields[b"data"]))
             for eid, fields in entries
         ]
+
+    @redis_guard
+    async def store_result(self, task_id: str, result: Any) -> None:
+        """Kept before the task is marked finished, so no reader sees SUCCESS without its result."""
+        await self._redis.set(result_key(task_id), _json.encode(result), ex=self._ttl)
+
+    @redis_guard
+    async def get_result(self, task_id: str) -> Any:
+        raw = await self._redis.get(result_key(task_id))
+        return None if raw is None else msgspec.json.decode(raw)
+
+    @redis_guard
+    async def reset(self, task_id: str) -> None:
+        """Forget a finished run's live state (admin retry): its event history must not be replayed
+        as if it were the new run's."""
+        await self._redis.delete(events_key(task_id), chunks_key(task_id), live_key(task_id), result_key(task_id))

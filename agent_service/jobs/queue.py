@@ -14,7 +14,6 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
-from arq.jobs import Job
 from redis.asyncio import ConnectionPool
 
 from agent_service.config import Settings
@@ -84,19 +83,6 @@ class JobQueue:
         return job is not None
 
     @redis_guard
-    async def result(self, job_id: str) -> dict[str, Any] | None:
-        """The stored job result `{success, result}` while it is kept, else None."""
-        job = Job(job_id, self.redis, _queue_name=self._queue_name, _deserializer=serializer.deserialize)
-        info = await job.result_info()
-        if info is None:
-            return None
-        return {"success": info.success, "result": info.result}
-
-    @redis_guard
-    async def has_result(self, job_id: str) -> bool:
-        return bool(await self.redis.exists(result_key_prefix + job_id))
-
-    @redis_guard
     async def dequeue(self, job_id: str) -> bool:
         """Take a queued or deferred (not running) job off the queue; True if it will never start."""
         keys = [self._queue_name, job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id]
@@ -112,5 +98,9 @@ class JobQueue:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcount(self._queue_name, "-inf", now_ms)
         pipe.zcount(self._queue_name, f"({now_ms}", "+inf")
-        queued, deferred = await pipe.execute()
-        return {"queued": int(queued), "deferred": int(deferred)}
+        due, deferred = await pipe.execute()
+        # arq keeps a running job in the queue until it ends: those are in progress, not queued
+        running = 0
+        async for _ in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=500):
+            running += 1
+        return {"queued": max(0, int(due) - running), "deferred": int(deferred), "running": running}

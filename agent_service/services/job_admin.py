@@ -62,7 +62,7 @@ async def retry(deps: Deps, task_id: str) -> TaskStatus:
     job = msgspec.json.decode(record.payload, type=AgentJob)
     await deps.queue.forget(task_id)  # arq refuses an id whose result is still kept
     await deps.events.clear_cancel(task_id)  # a stale cancel must not kill the new run
-    await deps.events.reset_chunks(task_id)
+    await deps.events.reset(task_id)
     if not await task_store.requeue(deps.db, task_id, now=deps.clock()):
         raise Conflict("The task changed state meanwhile; try again.", code="task_not_retryable")
     await deps.queue.enqueue(names.JOB_FOR_KIND[record.kind], job, job_id=task_id)

@@ -130,8 +130,11 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> d
         result = await _cancellable(deps, job.task_id, _run(deps, job, attempt=attempt, soft_limit=soft))
     except CancelledByRequest:
         partial = await _partial(deps, job)
+        kept: dict[str, Any] | None = msgspec.to_builtins(partial) if partial else None
+        if kept is not None:
+            await deps.events.store_result(job.task_id, kept)
         await _finish_cancelled(deps, job, partial, fields, started)
-        return msgspec.to_builtins(partial) if partial else None  # type: ignore[no-any-return]
+        return kept
     except TransientAgentError as exc:
         await _retry_or_fail(deps, job, attempt, str(exc), exc.retry_after, fields, started)
     except (PermanentAgentError, AgentUnavailable) as exc:
@@ -152,12 +155,14 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> d
     if job.session_id and not result.incomplete:
         await SessionService.from_deps(deps).record_exchange(job.owner_id, job.session_id, job.agent_id,
                                                              job.message, result.content)
+    payload: dict[str, Any] = msgspec.to_builtins(result)
+    await deps.events.store_result(job.task_id, payload)
     now = deps.clock()
     await task_store.mark_finished(deps.db, job.task_id, state="SUCCESS", error=None, now=now)
     await _state(deps, job.task_id, "SUCCESS", progress=100)
     _observe(deps, "succeeded")
     log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
-    return msgspec.to_builtins(result)  # type: ignore[no-any-return]
+    return payload
 
 
 async def _run(deps: Deps, job: AgentJob, *, attempt: int, soft_limit: float) -> JobResult:

@@ -101,6 +101,7 @@ async def run(deps: Deps, name: str, *, task_id: str | None, slot: str | None) -
     deps.record(audit_entry("EXECUTE", "maintenance", actor="system", resource_id=name, status=200,
                             metadata={**trigger, "result": result}))
     if task_id is not None:
+        await deps.events.store_result(task_id, result)
         await task_store.mark_finished(deps.db, task_id, state="SUCCESS", error=None, now=deps.clock())
         await deps.events.publish(task_id, "state", {"state": "SUCCESS"}, progress=100)
     log.info("maintenance.done", job=name, duration=duration, **trigger)

@@ -31,20 +31,20 @@ async def get_record(deps: Deps, task_id: str, *, owner_id: str | None, is_admin
     return record
 
 
-def _result(raw: dict[str, Any] | None) -> JobResult | dict[str, Any] | None:
-    if not raw or not raw.get("success") or not isinstance(raw.get("result"), dict):
+def _result(raw: Any) -> JobResult | dict[str, Any] | None:
+    if not isinstance(raw, dict):
         return None
     try:
-        return msgspec.convert(raw["result"], JobResult)
+        return msgspec.convert(raw, JobResult)
     except msgspec.ValidationError:
-        return dict(raw["result"])  # e.g. a maintenance job's own return shape
+        return dict(raw)  # e.g. a maintenance job's own return shape
 
 
 async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin: bool = False) -> TaskStatus:
     record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
     live = await deps.events.get_progress(task_id)
     # a cancelled streaming task keeps its partial output as its result
-    result = _result(await deps.queue.result(task_id)) if record.state in ("SUCCESS", "REVOKED") else None
+    result = _result(await deps.events.get_result(task_id)) if record.state in ("SUCCESS", "REVOKED") else None
     if record.state == "SUCCESS":
         progress = 100
     elif record.state == "PENDING":

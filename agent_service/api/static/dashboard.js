@@ -26,7 +26,8 @@
 
   let apiKey = null;
   let generation = 0;          // bumped on sign-out: stale loops and streams stop
-  let isAdmin = null;          // null until /jobs answers
+  let isAdmin = null;          // from the key's scopes (/auth/me); /jobs answering 403 also says no
+  let canCancel = true;
   const rows = new Map();      // task_id -> row state
   let detail = null;           // the open task detail
   const errors = new Map();    // source -> message for the banner
@@ -167,8 +168,10 @@
   async function signIn(key, { remember }) {
     apiKey = key;
     const gen = ++generation;
+    let me;
     let agents;
     try {
+      me = await api("GET", "/auth/me");
       agents = await api("GET", "/agents");
     } catch (e) {
       if (gen !== generation) return;
@@ -185,11 +188,16 @@
     $("signin").hidden = true;
     $("dashboard").hidden = false;
     $("session").hidden = false;
-    $("session-info").textContent = "key " + key.slice(0, 12) + "…";
+    const scopes = Array.isArray(me.scopes) ? me.scopes : [];
+    isAdmin = scopes.includes("admin");
+    canCancel = scopes.includes("tasks:cancel");
+    $("session-info").textContent = `${me.email} · key ${key.slice(0, 12)}… · ${isAdmin ? "admin" : "not an admin"}`;
+    $("admin-note").hidden = isAdmin;
+    $("dashboard").classList.toggle("not-admin", !isAdmin);
     fillAgents(agents);
     loop("Tasks", refreshTasks, LIST_EVERY_MS);
     loop("Progress", refreshProgress, PROGRESS_EVERY_MS);
-    loop("Jobs overview", refreshOverview, OVERVIEW_EVERY_MS);
+    if (isAdmin) loop("Jobs overview", refreshOverview, OVERVIEW_EVERY_MS);
   }
 
   function signOut(message) {
@@ -208,6 +216,7 @@
     for (const id of ["q-queued", "q-deferred", "q-in-progress", "q-retrying"]) $(id).textContent = "–";
     $("agent").replaceChildren();
     $("admin-note").hidden = true;
+    $("dashboard").classList.remove("not-admin");
     inlineError($("task-form-error"), "");
     $("task-form-result").hidden = true;
     $("dashboard").hidden = true;
@@ -240,17 +249,13 @@
     try {
       ov = await api("GET", "/jobs");
     } catch (e) {
-      if (e instanceof ApiError && e.status === 403) {
+      if (e instanceof ApiError && e.status === 403) {  // the key lost its admin scope meanwhile
         isAdmin = false;
         $("admin-note").hidden = false;
-        $("session-info").textContent += " · not an admin";
+        $("dashboard").classList.add("not-admin");
         return;
       }
       throw e;
-    }
-    if (isAdmin !== true) {
-      isAdmin = true;
-      $("session-info").textContent += " · admin";
     }
     $("q-queued").textContent = ov.queue.queued;
     $("q-deferred").textContent = ov.queue.deferred;
@@ -398,6 +403,7 @@
       }
       if (!applyState(row, s.state, stamp)) return;
       setProgress(row.bar, s.progress, s.state);
+      row.cells.tries.textContent = s.tries;
       if (FINISHED.has(s.state)) row.final = true;
     }));
   }
@@ -515,7 +521,7 @@
   }
 
   function updateDetailButtons(d) {
-    $("cancel-btn").disabled = !d.state || FINISHED.has(d.state);
+    $("cancel-btn").disabled = !d.state || FINISHED.has(d.state) || !canCancel;
     $("retry-btn").disabled = !RETRYABLE.has(d.state) || isAdmin === false;
     $("retry-btn").title = isAdmin === false ? "Retrying needs an admin key." : "";
   }
