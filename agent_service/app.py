@@ -13,7 +13,19 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import agents, api_keys, audit_logs, auth, dashboard, health, jobs, sessions, tasks, users
+from agent_service.api import (
+    agents,
+    api_keys,
+    audit_logs,
+    auth,
+    dashboard,
+    health,
+    jobs,
+    metrics,
+    sessions,
+    tasks,
+    users,
+)
 from agent_service.api.client_ip import parse_trusted
 from agent_service.api.middleware import RequestContextMiddleware
 from agent_service.api.problems import EXCEPTION_HANDLERS, problem
@@ -22,6 +34,7 @@ from agent_service.auth.backend import ApiAuthBackend, CredentialError
 from agent_service.auth.principal import Principal
 from agent_service.auth.tokens import resolve_secret
 from agent_service.config import Settings, load_settings
+from agent_service.jobs.limits import LocalLimiter
 from agent_service.logging import configure_logging, get_logger
 from agent_service.services import identity
 from agent_service.services.deps import open_deps
@@ -62,12 +75,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     trusted = parse_trusted(settings.trusted_proxies)
     app = Starlette(
-        routes=[*health.routes, *dashboard.routes, Mount(API_PREFIX, routes=api_routes())],
+        routes=[*health.routes, *dashboard.routes, *metrics.routes, Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
 
     app.state.trusted_proxies = trusted
+    app.state.http_metrics = metrics.HttpMetrics()
+    app.state.local_limiter = LocalLimiter()
 
     async def bearer(token: str) -> Principal:
         return await identity.principal_from_bearer(app.state.deps, token)

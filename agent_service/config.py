@@ -76,6 +76,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
     dev_admin_email: str = "admin@localhost"
 
+    # --- limits (per minute, shared by every process through Redis) -----------------------
+    rate_limit_enabled: bool = True
+    rate_limit_free: PositiveInt = 100
+    rate_limit_pro: PositiveInt = 1000
+    rate_limit_enterprise: PositiveInt = 10000
+    rate_limit_stream_free: PositiveInt = 50
+    rate_limit_stream_pro: PositiveInt = 500
+    rate_limit_stream_enterprise: PositiveInt = 5000
+    rate_limit_login_per_ip: PositiveInt = 20
+    job_rate_limit_all: PositiveInt = 1000
+    job_rate_limit_invoke: PositiveInt = 100
+    job_rate_limit_stream: PositiveInt = 50
+    metrics_token: str | None = None  # when set, /metrics needs `Authorization: Bearer <token>`
+
     # --- sessions, audit, maintenance ----------------------------------------------------
     session_max_messages: PositiveInt = 100
     session_expiry_hours: PositiveFloat = 24.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import msgspec
@@ -25,9 +26,10 @@ from agent_service.jobs.workers import WorkerBoard, WorkerStats
 from agent_service.logging import configure_logging, get_logger
 from agent_service.services import maintenance_runner
 from agent_service.services.deps import Deps, open_deps
-from agent_service.services.job_runner import run_agent_job
+from agent_service.services.job_runner import admit, run_agent_job
 
 log = get_logger(__name__)
+MAX_DEFERRALS = 1000
 MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a finished slot
 
 
@@ -35,12 +37,28 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] |
     deps: Deps = ctx["deps"]
     job = msgspec.convert(payload, AgentJob)
     structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
+    deferrals_key = f"agent:task:{job.task_id}:deferrals"
     try:
-        return await run_agent_job(deps, job, attempt=ctx["job_try"], job_id=ctx["job_id"])
+        delay = await admit(deps, job)
+        if delay is not None:
+            # over a shared job limit: back to the queue, still PENDING, and not counted as a try
+            await deps.redis.incr(deferrals_key)
+            await deps.redis.expire(deferrals_key, deps.settings.job_result_ttl)
+            raise Retry(defer=delay)
+        deferred = int(await deps.redis.get(deferrals_key) or 0)
+        attempt = ctx["job_try"] - deferred
+        if attempt == 1 and deps.metrics is not None:
+            await deps.metrics.enqueue_latency(_job_name(job),
+                                               time.time() - ctx["enqueue_time"].timestamp())
+        return await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
     except RetryLater as exc:
         raise Retry(defer=exc.delay) from None
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
+
+
+def _job_name(job: AgentJob) -> str:
+    return names.INVOKE_AGENT_STREAMING if job.stream else names.INVOKE_AGENT
 
 
 async def invoke_agent_async(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -106,7 +124,9 @@ def build_worker_settings(settings: Settings) -> type:
                     await WorkerBoard(deps.redis, queue_name=settings.queue_name).remove(deps.stats.worker_id)
             await deps.aclose(close_redis=False)  # arq closes its own pool
 
-    tries = settings.job_max_retries + 1
+    # Our runner enforces JOB_MAX_RETRIES itself (deferrals by the job rate limits are not tries),
+    # so arq's own cap only guards against endless re-delivery.
+    tries = settings.job_max_retries + 1 + MAX_DEFERRALS
     attrs = {
         "functions": [
             func(invoke_agent_async, name=names.INVOKE_AGENT, timeout=settings.job_time_limit,

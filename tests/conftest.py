@@ -55,6 +55,13 @@ TEST_ENV = {
     "JOB_RETRY_BACKOFF_MAX": "0.2",
     "WORKER_POLL_DELAY": "0.02",
     "WORKER_HEALTH_INTERVAL": "1",
+    # limits high enough that only the tests about limits meet them (they set their own)
+    "RATE_LIMIT_FREE": "100000",
+    "RATE_LIMIT_STREAM_FREE": "100000",
+    "RATE_LIMIT_LOGIN_PER_IP": "100000",
+    "JOB_RATE_LIMIT_ALL": "100000",
+    "JOB_RATE_LIMIT_INVOKE": "100000",
+    "JOB_RATE_LIMIT_STREAM": "100000",
 }
 
 

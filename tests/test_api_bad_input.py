@@ -150,7 +150,7 @@ async def client_without_redis(make_settings) -> AsyncIterator[Client]:  # type:
 async def test_redis_down_gives_503_for_queue_routes_while_sync_invoke_works(client_without_redis: Client) -> None:
     c = client_without_redis
     resp = await c.post("/api/v1/agents/echo/invoke-async", json={"message": "hi"})
-    assert_problem(resp, 503, "queue_unavailable")
+    assert_problem(resp, 503, "rate_limiter_unavailable")  # the limiter fails closed for queued work
     assert resp.headers["retry-after"]
     ok = await c.post("/api/v1/agents/echo/invoke", json={"message": "still here"})
     assert ok.status_code == 200 and ok.json()["response"] == "still here"

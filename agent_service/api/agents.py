@@ -35,7 +35,8 @@ async def list_agents(request: Request) -> Response:
 
 
 @operation(summary="Invoke an agent", tag="Agents", request=InvokeRequest, response=InvokeResponse,
-           errors=(400, 401, 403, 404, 413, 415, 422, 502, 503, 504), scope="agents:invoke",
+           errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504), scope="agents:invoke",
+           local_fallback=True,
            description="Run the agent (the default one when no id is given) and wait for its answer.")
 async def invoke(request: Request) -> Response:
     deps = context.deps(request)
@@ -59,8 +60,9 @@ async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
         yield _sse(event)
 
 
-@operation(summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, streams=True,
-           errors=(400, 401, 403, 404, 413, 415, 422, 502, 503), scope="agents:invoke",
+@operation(summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, streams=True, rate_limit="stream",
+           errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503), scope="agents:invoke",
+           local_fallback=True,
            description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
                        "metadata, or `error`. Disconnecting stops the agent.")
 async def stream(request: Request) -> Response:

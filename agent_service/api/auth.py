@@ -38,6 +38,7 @@ async def _credentials(request: Request) -> TokenRequest:
 
 
 @operation(summary="Sign in", tag="Authentication", request=TokenRequest, response=TokenResponse, public=True,
+           rate_limit="login",
            errors=(400, 401, 415, 422),
            description="Exchange email and password (JSON, or an OAuth2 password-grant form with `username`) "
                        "for a short-lived access token and a single-use refresh token.")
@@ -50,7 +51,7 @@ async def token(request: Request) -> Response:
 
 
 @operation(summary="Rotate tokens", tag="Authentication", request=RefreshRequest, response=TokenResponse,
-           public=True, errors=(400, 401, 415, 422),
+           public=True, rate_limit="login", errors=(400, 401, 415, 422),
            description="Trade a refresh token for a new pair. Each refresh token works once; presenting a used "
                        "one revokes its whole family.")
 async def refresh(request: Request) -> Response:

@@ -12,6 +12,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_service.api.client_ip import client_ip
+from agent_service.api.metrics import route_template
 from agent_service.api.problems import internal_error
 from agent_service.logging import get_logger
 from agent_service.schemas.audit import AuditAction
@@ -65,6 +66,10 @@ class RequestContextMiddleware:
         finally:
             _audit(scope, status)
             route = scope.get("route")
+            http_metrics = getattr(getattr(scope.get("app"), "state", None), "http_metrics", None)
+            if http_metrics is not None:
+                http_metrics.observe(scope.get("method", ""), route_template(scope), status,
+                                     time.perf_counter() - started)
             log.info(
                 "http.request", method=scope.get("method"), path=scope.get("path"),
                 route=getattr(route, "path", None), status=status,

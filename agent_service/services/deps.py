@@ -14,6 +14,8 @@ from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
 from agent_service.jobs import queue as job_queue
 from agent_service.jobs.events import TaskEvents
+from agent_service.jobs.job_metrics import JobMetrics
+from agent_service.jobs.limits import RateLimiter
 from agent_service.jobs.queue import JobQueue, QueueConnection
 from agent_service.jobs.workers import WorkerStats
 from agent_service.schemas.audit import AuditEntry
@@ -41,6 +43,8 @@ class Deps:
     auth_kit: AuthKit | None = None
     stats: WorkerStats | None = None  # set in worker processes
     audit: AuditWriter | None = None
+    limiter: RateLimiter | None = None
+    metrics: JobMetrics | None = None
     rng: Callable[[], float] = field(default=random.random)
 
     @property
@@ -77,6 +81,8 @@ async def open_deps(
     audit = AuditWriter.from_settings(db, settings, clock=clock)
     await audit.start()
     return Deps(
+        limiter=RateLimiter(redis),
+        metrics=JobMetrics(redis),
         audit=audit,
         auth_kit=auth_kit,
         settings=settings,

@@ -24,6 +24,8 @@ from agent_service.agents.base import (
     TransientAgentError,
 )
 from agent_service.errors import AppError
+from agent_service.jobs import names
+from agent_service.jobs.limits import Limit
 from agent_service.jobs.payloads import AgentJob
 from agent_service.jobs.retry import RetryLater, backoff_delay
 from agent_service.logging import get_logger
@@ -97,9 +99,14 @@ async def _state(deps: Deps, task_id: str, state: str, progress: int | None = No
     await deps.events.publish(task_id, "state", {"state": state, **data}, progress=progress)
 
 
-def _observe(deps: Deps, what: str) -> None:
+async def _observe(deps: Deps, job: AgentJob, what: str, started: float | None = None) -> None:
+    """Per-worker counters (heartbeat) and the shared Prometheus metrics (Redis)."""
     if deps.stats is not None:
         deps.stats.bump(what)
+    if deps.metrics is not None:
+        duration = None if started is None else time.monotonic() - started
+        await deps.metrics.event(what, names.INVOKE_AGENT_STREAMING if job.stream else names.INVOKE_AGENT,
+                                 duration=duration)
 
 
 async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> dict[str, Any] | None:
@@ -122,7 +129,7 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> d
         log.info("job.skipped", reason="task already finished or unknown", **fields)
         return None
     log.info("job.started", stream=job.stream, **fields)
-    _observe(deps, "started")
+    await _observe(deps, job, "started")
     await _state(deps, job.task_id, "STARTED", progress=0, attempt=attempt)
     soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
     hard = deps.settings.stream_job_time_limit if job.stream else deps.settings.job_time_limit
@@ -160,7 +167,7 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> d
     now = deps.clock()
     await task_store.mark_finished(deps.db, job.task_id, state="SUCCESS", error=None, now=now)
     await _state(deps, job.task_id, "SUCCESS", progress=100)
-    _observe(deps, "succeeded")
+    await _observe(deps, job, "succeeded", started)
     log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
     return payload
 
@@ -229,7 +236,7 @@ async def _finish_cancelled(
     await task_store.mark_finished(deps.db, job.task_id, state="REVOKED", error="Cancelled by request.",
                                    now=deps.clock())
     await _state(deps, job.task_id, "REVOKED", error="Cancelled by request.")
-    _observe(deps, "cancelled")
+    await _observe(deps, job, "cancelled", started)
     log.info("job.cancelled", kept_chunks=len(partial.chunks or []) if partial else 0,
              duration=round(time.monotonic() - started, 4), **fields)
 
@@ -237,7 +244,7 @@ async def _finish_cancelled(
 async def _fail(deps: Deps, job: AgentJob, reason: str, fields: dict[str, Any], started: float) -> NoReturn:
     await task_store.mark_finished(deps.db, job.task_id, state="FAILURE", error=reason, now=deps.clock())
     await _state(deps, job.task_id, "FAILURE", error=reason)
-    _observe(deps, "failed")
+    await _observe(deps, job, "failed", started)
     log.warning("job.failed", error=reason, duration=round(time.monotonic() - started, 4), **fields)
     raise JobFailed(reason)
 
@@ -257,7 +264,31 @@ async def _retry_or_fail(
     retry_at = now + timedelta(seconds=delay)
     await task_store.mark_retry(deps.db, job.task_id, error=reason, retry_at=retry_at, now=now)
     await _state(deps, job.task_id, "RETRY", error=reason, retry_at=retry_at.isoformat())
-    _observe(deps, "retried")
+    await _observe(deps, job, "retried")
     log.info("job.retrying", error=reason, delay=round(delay, 3), duration=round(time.monotonic() - started, 4),
              **fields)
     raise RetryLater(delay, reason)
+
+
+async def admit(deps: Deps, job: AgentJob) -> float | None:
+    """Job rate limits shared by all workers: None to run now, else seconds to defer the job.
+
+    A deferral is not a try: the caller re-queues the job and the attempt count ignores it.
+    """
+    s = deps.settings
+    if not s.rate_limit_enabled or deps.limiter is None:
+        return None
+    name = names.INVOKE_AGENT_STREAMING if job.stream else names.INVOKE_AGENT
+    own = Limit(s.job_rate_limit_stream if job.stream else s.job_rate_limit_invoke)
+    try:
+        decision = await deps.limiter.hit([(f"job:{name}", own), ("job:all", Limit(s.job_rate_limit_all))])
+    except AppError:
+        log.warning("ratelimit.unavailable", failing="open", job=name)
+        return None
+    if decision.allowed:
+        return None
+    await _observe(deps, job, "deferred")
+    if deps.metrics is not None:
+        await deps.metrics.rate_limited(f"job:{name}")
+    log.info("job.deferred", task_id=job.task_id, delay=decision.retry_after, job=name)
+    return max(decision.retry_after, 0.05)

@@ -1,0 +1,66 @@
+"""Job metrics kept in Redis, so every worker's counts add up and the web process exports them.
+
+Counters and histogram buckets are hash fields incremented in one pipeline per event. Metrics
+are best effort: a Redis error is logged at debug level and never fails a job or a request.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
+
+COUNTERS_KEY = "agent:metrics:counters"
+HIST_KEY = "agent:metrics:histograms"
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HISTOGRAMS = {"job_duration_seconds": DURATION_BUCKETS, "job_enqueue_latency_seconds": LATENCY_BUCKETS}
+EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
+
+
+class JobMetrics:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def _apply(self, counters: dict[str, int], observations: list[tuple[str, str, float]]) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for field, n in counters.items():
+                pipe.hincrby(COUNTERS_KEY, field, n)
+            for metric, label, value in observations:
+                for le in HISTOGRAMS[metric]:
+                    if value <= le:
+                        pipe.hincrby(HIST_KEY, f"{metric}|{label}|{le}", 1)
+                pipe.hincrby(HIST_KEY, f"{metric}|{label}|count", 1)
+                pipe.hincrbyfloat(HIST_KEY, f"{metric}|{label}|sum", value)
+            await pipe.execute()
+        except (RedisError, OSError):
+            log.debug("metrics.unavailable")
+
+    async def event(self, what: str, job: str, *, duration: float | None = None) -> None:
+        obs = [("job_duration_seconds", job, duration)] if duration is not None else []
+        await self._apply({f"jobs_{what}|{job}": 1}, obs)
+
+    async def enqueue_latency(self, job: str, seconds: float) -> None:
+        await self._apply({}, [("job_enqueue_latency_seconds", job, max(0.0, seconds))])
+
+    async def rate_limited(self, kind: str) -> None:
+        await self._apply({f"rate_limit_rejections|{kind}": 1}, [])
+
+    async def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(COUNTERS_KEY)
+        pipe.hgetall(HIST_KEY)
+        counters, hists = await pipe.execute()
+        return ({k.decode(): int(v) for k, v in counters.items()},
+                {k.decode(): float(v) for k, v in hists.items()})
+
+
+def parse_field(field: str) -> tuple[str, str, str]:
+    """`metric|label|le` → its three parts (le is "" for counters)."""
+    metric, _, rest = field.partition("|")
+    label, _, le = rest.rpartition("|") if rest.count("|") else (rest, "", "")
+    return metric, label, le
