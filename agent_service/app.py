@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app.user_middleware = [
         Middleware(RequestContextMiddleware),
-        Middleware(AuthenticationMiddleware, backend=ApiAuthBackend(bearer, api_key), on_error=_auth_error),
+        Middleware(AuthenticationMiddleware, on_error=_auth_error,
+                   backend=ApiAuthBackend(bearer, api_key, own_auth_paths=frozenset({"/metrics"}))),
     ]
     return app

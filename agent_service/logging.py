@@ -11,6 +11,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 from agent_service.config import Settings
 
@@ -38,7 +39,7 @@ def configure_logging(settings: Settings, process: str = "app", *, stream: TextI
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -50,7 +51,9 @@ def configure_logging(settings: Settings, process: str = "app", *, stream: TextI
         foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks if use_json else _identity,  # type: ignore[list-item]
+            # tracebacks without frame locals: locals hold request data, keys and tokens
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+            if use_json else _identity,  # type: ignore[list-item]
             renderer,
         ],
     )

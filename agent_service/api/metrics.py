@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.types import Scope
 
 from agent_service.api import context
@@ -45,10 +46,16 @@ class HttpMetrics:
 
 
 def route_template(scope: Scope) -> str:
-    """The templated path incl. the mount prefix; never the raw path (bounded label values)."""
+    """The templated path incl. the mount prefix; never the raw path (bounded label values).
+
+    A path that enters a Mount but matches nothing inside it leaves the Mount itself as
+    `scope["route"]`: that is unmatched too, not "<prefix><prefix>".
+    """
     matched = scope.get("route")
     path = getattr(matched, "path", None)
-    return UNMATCHED if path is None else scope.get("root_path", "") + path
+    if path is None or isinstance(matched, Mount):
+        return UNMATCHED
+    return f"{scope.get('root_path', '')}{path}"
 
 
 class _Snapshot(Collector):

@@ -52,11 +52,14 @@ class CredentialError(AuthenticationError):
 
 
 class ApiAuthBackend(AuthenticationBackend):
-    def __init__(self, bearer: Resolver, api_key: Resolver) -> None:
+    def __init__(self, bearer: Resolver, api_key: Resolver, *, own_auth_paths: frozenset[str] = frozenset()) -> None:
         self._bearer = bearer
         self._api_key = api_key
+        self._own_auth = own_auth_paths  # paths that check their own credential (e.g. /metrics)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        if conn.scope.get("path") in self._own_auth:
+            return None
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")
         try:

@@ -16,8 +16,10 @@ Row = aiosqlite.Row
 class Database:
     """Autocommit connection; multi-statement work goes through `transaction()`.
 
-    One connection serves the whole process, so transactions are serialised by a lock
-    (two coroutines must never interleave statements inside one BEGIN).
+    One connection serves the whole process, so every statement holds a lock while it runs:
+    two coroutines must never interleave statements inside one BEGIN, and a write must never
+    run while a read statement is still open on the connection — SQLite would then answer
+    "database is locked" at once instead of waiting out busy_timeout for the other process.
     """
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -52,11 +54,11 @@ class Database:
             await tx.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cur:
+        async with self._tx_lock, self._conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
+        async with self._tx_lock, self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     @asynccontextmanager
