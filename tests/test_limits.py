@@ -85,7 +85,8 @@ def test_burst_across_two_web_processes_admits_exactly_the_limit(env: dict[str, 
     responses = asyncio.run(burst())
     ok = [r for r in responses if r.status_code == 200]
     limited = [r for r in responses if r.status_code == 429]
-    assert len(ok) == 20 and len(limited) == 40, [(r.status_code, r.text[:300]) for r in responses if r.status_code not in (200, 429)]
+    others = [(r.status_code, r.text[:300]) for r in responses if r.status_code not in (200, 429)]
+    assert len(ok) == 20 and len(limited) == 40, others
     assert {r.headers["ratelimit-limit"] for r in responses} == {"20"}
     assert sorted(int(r.headers["ratelimit-remaining"]) for r in ok) == list(range(20))
     assert all(r.headers["x-ratelimit-limit"] == "20" for r in responses)
