@@ -216,7 +216,7 @@ async def test_api_rate_limit_rejections_are_counted(make_settings: Callable[...
         statuses = [(await c.get("/api/v1/agents/tasks")).status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
         samples = await scrape(c)
-    assert value(samples, "agent_rate_limit_rejections_total", kind="api:api:free") == 1
+    assert value(samples, "agent_rate_limit_rejections_total", kind="api:free") == 1
 
 
 # --- HTTP metrics ----------------------------------------------------------------------------

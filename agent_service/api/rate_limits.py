@@ -58,7 +58,7 @@ async def check(
     if not decision.allowed:
         log.info("ratelimit.rejected", kind=kind, tier=tier, path=request.url.path)
         if deps.metrics is not None:
-            await deps.metrics.rate_limited(f"api:{kind}:{tier}")
+            await deps.metrics.rate_limited(f"{kind}:{tier}")  # api:free, stream:pro, login:ip
         raise TooManyRequests(
             f"Rate limit of {limit.limit} requests per minute exceeded; retry in {hdrs['Retry-After']} s.",
             headers=hdrs,

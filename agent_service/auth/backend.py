@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
+from starlette.routing import get_route_path
 
 from agent_service.auth.principal import Principal
 from agent_service.errors import AppError, Unauthorized
@@ -58,7 +59,7 @@ class ApiAuthBackend(AuthenticationBackend):
         self._own_auth = own_auth_paths  # paths that check their own credential (e.g. /metrics)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        if conn.scope.get("path") in self._own_auth:
+        if get_route_path(conn.scope) in self._own_auth:
             return None
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")
