@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
-from starlette.routing import get_route_path
 
 from agent_service.auth.principal import Principal
 from agent_service.errors import AppError, Unauthorized
@@ -59,7 +58,8 @@ class ApiAuthBackend(AuthenticationBackend):
         self._own_auth = own_auth_paths  # paths that check their own credential (e.g. /metrics)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        if get_route_path(conn.scope) in self._own_auth:
+        path, root = conn.scope.get("path", ""), conn.scope.get("root_path", "")
+        if (path[len(root):] if root and path.startswith(root) else path) in self._own_auth:
             return None
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")
