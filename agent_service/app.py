@@ -19,10 +19,12 @@ from agent_service.api import (
     audit_logs,
     auth,
     dashboard,
+    docs_pages,
     health,
     jobs,
     metrics,
     sessions,
+    spec,
     tasks,
     users,
 )
@@ -75,7 +77,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     trusted = parse_trusted(settings.trusted_proxies)
     app = Starlette(
-        routes=[*health.routes, *dashboard.routes, *metrics.routes, Mount(API_PREFIX, routes=api_routes())],
+        routes=[*health.routes, *spec.routes, *docs_pages.routes, *dashboard.routes, *metrics.routes,
+                Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

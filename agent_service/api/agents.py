@@ -28,16 +28,27 @@ def _agent_id(request: Request) -> str | None:
     return value
 
 
-@operation(summary="List agents", tag="Agents", response=AgentList, errors=(401,),
-           description="Every registered agent, whether it is available on this server and whether it streams.")
+@operation(
+    summary="List agents",
+    tag="Agents",
+    response=AgentList,
+    errors=(401,),
+    description="Every registered agent, whether it is available on this server and whether it streams.",
+)
 async def list_agents(request: Request) -> Response:
     return json_response(invocations.list_agents(context.deps(request)))
 
 
-@operation(summary="Invoke an agent", tag="Agents", request=InvokeRequest, response=InvokeResponse,
-           errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504), scope="agents:invoke",
-           local_fallback=True,
-           description="Run the agent (the default one when no id is given) and wait for its answer.")
+@operation(
+    summary="Invoke an agent",
+    tag="Agents",
+    request=InvokeRequest,
+    response=InvokeResponse,
+    errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+    scope="agents:invoke",
+    local_fallback=True,
+    description="Run the agent (the default one when no id is given) and wait for its answer.",
+)
 async def invoke(request: Request) -> Response:
     deps = context.deps(request)
     agent = _agent_id(request) or deps.settings.default_agent
@@ -60,37 +71,57 @@ async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
         yield _sse(event)
 
 
-@operation(summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, streams=True, rate_limit="stream",
-           errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503), scope="agents:invoke",
-           local_fallback=True,
-           description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
-                       "metadata, or `error`. Disconnecting stops the agent.")
+@operation(
+    summary="Stream an agent's answer",
+    tag="Agents",
+    request=InvokeRequest,
+    streams=True,
+    rate_limit="stream",
+    errors=(400, 401, 403, 404, 413, 415, 422, 429, 502, 503),
+    scope="agents:invoke",
+    local_fallback=True,
+    description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
+    "metadata, or `error`. Disconnecting stops the agent.",
+)
 async def stream(request: Request) -> Response:
     deps = context.deps(request)
     context.audit(request, "EXECUTE", "agent", _agent_id(request) or deps.settings.default_agent, mode="stream")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
     events = await invocations.open_stream(deps, _agent_id(request), body, owner_id=context.owner_id(request))
     return StreamingResponse(
-        _sse_body(events), media_type="text/event-stream",
+        _sse_body(events),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-@operation(summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
-           response=TaskAccepted, status=202, errors=(400, 401, 403, 404, 413, 415, 422, 503), scope="agents:invoke",
-           description="Queue the invocation as a background task and answer at once with its id and "
-                       "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
-                       "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
-                       "60 s after it). `run_at` (RFC 3339, at most 7 days ahead) or `delay_seconds` schedule "
-                       "it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
-                       "return the original answer; the same key with another body is a 409.")
+@operation(
+    summary="Queue an agent invocation",
+    tag="Background Jobs",
+    request=InvokeAsyncRequest,
+    response=TaskAccepted,
+    status=202,
+    headers=("Idempotency-Key",),
+    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+    scope="agents:invoke",
+    description="Queue the invocation as a background task and answer at once with its id and "
+    "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
+    "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
+    "60 s after it). `run_at` (RFC 3339, at most 7 days ahead) or `delay_seconds` schedule "
+    "it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
+    "return the original answer; the same key with another body is a 409.",
+)
 async def invoke_async(request: Request) -> Response:
     deps = context.deps(request)
     agent_id = _agent_id(request) or deps.settings.default_agent
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async")
     body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
     accepted, replayed = await invocations.enqueue(
-        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request),
+        deps,
+        agent_id,
+        body,
+        owner_id=context.owner_id(request),
+        request_id=context.request_id(request),
         idempotency_key=_idempotency_key(request),
     )
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
@@ -101,8 +132,10 @@ async def invoke_async(request: Request) -> Response:
 def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise ValidationFailed("Idempotency-Key must be 1-255 printable ASCII characters.",
-                               errors=[{"path": "header.Idempotency-Key", "message": "Invalid key"}])
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable ASCII characters.",
+            errors=[{"path": "header.Idempotency-Key", "message": "Invalid key"}],
+        )
     return key
 
 

@@ -16,25 +16,43 @@ from agent_service.services import audit
 SCOPE = "audit:read"
 
 
-@operation(summary="Search the audit log", tag="Audit Logs", response=AuditPage, scope=SCOPE,
-           errors=(401, 403, 422),
-           description="Newest first. Filter by actor, action, resource type and id, request id, status and a "
-                       "time range (`since` inclusive, `until` exclusive, RFC 3339 with offset); paginate with "
-                       "`limit` and the opaque `cursor`.")
+@operation(
+    summary="Search the audit log",
+    tag="Audit Logs",
+    response=AuditPage,
+    query=AuditQuery,
+    scope=SCOPE,
+    errors=(401, 403, 422),
+    description="Newest first. Filter by actor, action, resource type and id, request id, status and a "
+    "time range (`since` inclusive, `until` exclusive, RFC 3339 with offset); paginate with "
+    "`limit` and the opaque `cursor`.",
+)
 async def list_logs(request: Request) -> Response:
     return json_response(await audit.list_logs(context.deps(request).db, read_query(request, AuditQuery)))
 
 
-@operation(summary="Audit totals", tag="Audit Logs", response=AuditStats, scope=SCOPE, errors=(401, 403, 422),
-           description="Totals by action and by resource type, and unique actors, over an optional range.")
+@operation(
+    summary="Audit totals",
+    tag="Audit Logs",
+    response=AuditStats,
+    query=AuditRange,
+    scope=SCOPE,
+    errors=(401, 403, 422),
+    description="Totals by action and by resource type, and unique actors, over an optional range.",
+)
 async def stats(request: Request) -> Response:
     q = read_query(request, AuditRange)
     return json_response(await audit.stats(context.deps(request).db, since=q.since, until=q.until))
 
 
-@operation(summary="Get an audit entry", tag="Audit Logs", response=AuditRecord, scope=SCOPE,
-           errors=(401, 403, 404),
-           description="One entry by its id.")
+@operation(
+    summary="Get an audit entry",
+    tag="Audit Logs",
+    response=AuditRecord,
+    scope=SCOPE,
+    errors=(401, 403, 404),
+    description="One entry by its id.",
+)
 async def get_log(request: Request) -> Response:
     raw = request.path_params["log_id"]
     if not raw.isdigit() or len(raw) > 18:

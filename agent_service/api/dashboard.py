@@ -39,14 +39,14 @@ def _asset(name: str, media_type: str) -> Response:
     return Response(_read(name), media_type=media_type, headers=SECURITY_HEADERS)
 
 
-@operation(summary="Dashboard page", tag="Admin", public=True,
+@operation(summary="Dashboard page", tag="Admin", public=True, media_type="text/html",
            description="The admin dashboard: queue depth, workers, recent tasks with live progress, a task's "
                        "stream, cancel and retry. Sign in with an API key; the page calls this API with it.")
 async def page(request: Request) -> Response:
     return _asset(PAGE, "text/html; charset=utf-8")
 
 
-@operation(summary="Dashboard asset", tag="Admin", public=True, errors=(404,),
+@operation(summary="Dashboard asset", tag="Admin", public=True, errors=(404,), media_type="text/plain",
            description="The dashboard's script and stylesheet (`dashboard.js`, `dashboard.css`); "
                        "any other name is a 404.")
 async def asset(request: Request) -> Response:

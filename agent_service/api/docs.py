@@ -22,6 +22,9 @@ def operation(
     scope: str | None = None,
     rate_limit: str | None = "default",
     local_fallback: bool = False,
+    query: type | None = None,
+    media_type: str | None = None,
+    headers: tuple[str, ...] = (),
 ) -> Callable[[F], F]:
     """`rate_limit`: "api" (per principal and tier), "stream" (tighter), "login" (per client IP)
     or None; "default" means "api" for authenticated operations and none for public ones.
@@ -33,6 +36,7 @@ def operation(
             "streams": streams, "scope": scope, "operation_id": fn.__name__,
             "rate_limit": (None if public else "api") if rate_limit == "default" else rate_limit,
             "local_fallback": local_fallback,
+            "query": query, "media_type": media_type, "headers": headers,
         }
         return fn
 

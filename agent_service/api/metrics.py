@@ -113,7 +113,7 @@ def _check_token(request: Request) -> None:
                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
 
-@operation(summary="Prometheus metrics", tag="Admin", public=True, errors=(401,),
+@operation(summary="Prometheus metrics", tag="Admin", public=True, errors=(401,), media_type="text/plain",
            description="HTTP requests by route, status and latency; jobs started, succeeded, failed, retried, "
                        "cancelled and deferred by job name; job duration and enqueue-to-start latency; queue "
                        "depth; rate-limit rejections. Needs `Authorization: Bearer <METRICS_TOKEN>` when that "

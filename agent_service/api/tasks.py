@@ -19,39 +19,62 @@ from agent_service.services import task_events, tasks
 _json = msgspec.json.Encoder()
 
 
-@operation(summary="Get a task's status", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 503),
-           scope="tasks:read",
-           description="State (`PENDING`…`REVOKED`), human status, progress 0-100, the result once "
-                       "`SUCCESS` (kept JOB_RESULT_TTL seconds) and the error once `FAILURE`. "
-                       "Someone else's task is a 404.")
+@operation(
+    summary="Get a task's status",
+    tag="Background Jobs",
+    response=TaskStatus,
+    errors=(401, 403, 404, 503),
+    scope="tasks:read",
+    description="State (`PENDING`…`REVOKED`), human status, progress 0-100, the result once "
+    "`SUCCESS` (kept JOB_RESULT_TTL seconds) and the error once `FAILURE`. "
+    "Someone else's task is a 404.",
+)
 async def get_task(request: Request) -> Response:
     status = await tasks.get_status(
-        context.deps(request), request.path_params["task_id"],
-        owner_id=context.owner_id(request), is_admin=context.is_admin(request),
+        context.deps(request),
+        request.path_params["task_id"],
+        owner_id=context.owner_id(request),
+        is_admin=context.is_admin(request),
     )
     return json_response(status, headers={"Cache-Control": "no-store"})
 
 
-@operation(summary="List tasks", tag="Background Jobs", response=TaskPage, errors=(401, 403, 422),
-           scope="tasks:read",
-           description="My tasks, newest first, filtered by `state` and `agent`; admins see everyone's and may "
-                       "filter by `owner`. Paginate with `limit` and the opaque `cursor`.")
+@operation(
+    summary="List tasks",
+    tag="Background Jobs",
+    response=TaskPage,
+    query=TaskQuery,
+    errors=(401, 403, 422),
+    scope="tasks:read",
+    description="My tasks, newest first, filtered by `state` and `agent`; admins see everyone's and may "
+    "filter by `owner`. Paginate with `limit` and the opaque `cursor`.",
+)
 async def list_tasks(request: Request) -> Response:
     q = read_query(request, TaskQuery)
-    page = await tasks.list_tasks(context.deps(request), q, owner_id=context.owner_id(request),
-                                  is_admin=context.is_admin(request))
+    page = await tasks.list_tasks(
+        context.deps(request), q, owner_id=context.owner_id(request), is_admin=context.is_admin(request)
+    )
     return json_response(page)
 
 
-@operation(summary="Cancel a task", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 409, 503),
-           scope="tasks:cancel",
-           description="A queued or deferred task never starts; a running one stops within a second and keeps "
-                       "any partial stream output. Answers 200 once `REVOKED`, 202 while the worker is stopping "
-                       "it; a finished task is a 409.")
+@operation(
+    summary="Cancel a task",
+    tag="Background Jobs",
+    response=TaskStatus,
+    errors=(401, 403, 404, 409, 503),
+    scope="tasks:cancel",
+    description="A queued or deferred task never starts; a running one stops within a second and keeps "
+    "any partial stream output. Answers 200 once `REVOKED`, 202 while the worker is stopping "
+    "it; a finished task is a 409.",
+)
 async def cancel_task(request: Request) -> Response:
     context.audit(request, "CANCEL", "task", request.path_params["task_id"])
-    status = await tasks.cancel(context.deps(request), request.path_params["task_id"],
-                                owner_id=context.owner_id(request), is_admin=context.is_admin(request))
+    status = await tasks.cancel(
+        context.deps(request),
+        request.path_params["task_id"],
+        owner_id=context.owner_id(request),
+        is_admin=context.is_admin(request),
+    )
     return json_response(status, status=200 if status.state == "REVOKED" else 202)
 
 
@@ -68,19 +91,29 @@ async def _body(events: AsyncIterator[TaskEvent | None]) -> AsyncIterator[bytes]
         yield _sse(event)
 
 
-@operation(summary="Follow a task live", tag="Background Jobs", streams=True, errors=(401, 403, 404, 422, 503),
-           scope="tasks:read",
-           description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
-                       "happen, ending when the task ends. Every event has an `id`; reconnect with "
-                       "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "
-                       "the history.")
+@operation(
+    summary="Follow a task live",
+    tag="Background Jobs",
+    streams=True,
+    headers=("Last-Event-ID",),
+    errors=(401, 403, 404, 422, 503),
+    scope="tasks:read",
+    description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
+    "happen, ending when the task ends. Every event has an `id`; reconnect with "
+    "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "
+    "the history.",
+)
 async def task_events_stream(request: Request) -> Response:
     events = await task_events.open_events(
-        context.deps(request), request.path_params["task_id"], owner_id=context.owner_id(request),
-        is_admin=context.is_admin(request), last_event_id=request.headers.get("last-event-id"),
+        context.deps(request),
+        request.path_params["task_id"],
+        owner_id=context.owner_id(request),
+        is_admin=context.is_admin(request),
+        last_event_id=request.headers.get("last-event-id"),
     )
-    return StreamingResponse(_body(events), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _body(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 routes = [

@@ -27,7 +27,7 @@ async def create_user(request: Request) -> Response:
     return json_response(out, status=201, headers={"Location": f"/api/v1/users/{out.id}"})
 
 
-@operation(summary="List users", tag="Admin", response=UserPage, scope="admin", errors=(401, 403, 422),
+@operation(summary="List users", tag="Admin", response=UserPage, query=PageQuery, scope="admin", errors=(401, 403, 422),
            description="Admins only. Newest first, paginated with `limit` and the opaque `cursor`.")
 async def list_users(request: Request) -> Response:
     q = read_query(request, PageQuery)

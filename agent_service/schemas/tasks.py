@@ -45,12 +45,25 @@ class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     incomplete: bool = False
 
 
+# An agent task's result is a JobResult; a maintenance task's is that job's own return value.
+# msgspec cannot express a union of two object types, so the schema is given by hand (the spec
+# builder always publishes JobResult among the components).
+TaskResult = Annotated[
+    Any,
+    msgspec.Meta(
+        description="The job's result once SUCCESS (or the partial output of a cancelled stream).",
+        extra_json_schema={"anyOf": [{"$ref": "#/components/schemas/JobResult"},
+                                     {"type": "object", "additionalProperties": True}, {"type": "null"}]},
+    ),
+]
+
+
 class TaskStatus(msgspec.Struct, kw_only=True):
     task_id: str
     state: TaskState
     status: TaskStatusWord
     progress: int
-    result: JobResult | dict[str, Any] | None
+    result: TaskResult
     error: str | None
     agent_id: str | None = None
     kind: str | None = None

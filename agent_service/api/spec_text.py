@@ -1,0 +1,48 @@
+"""The prose of the OpenAPI document: the overview and the tags, in the order the docs show them."""
+
+DESCRIPTION = """
+Host AI agents behind an HTTP API: invoke an agent **synchronously**, **stream** its answer as
+Server-Sent Events, or **queue** the invocation as a background job and follow it — status,
+progress, live events, result, cancel.
+
+## Features
+- Agents: the deterministic `echo` agent and `simple_llm_agent` (any OpenAI-compatible server),
+  plus your own agents loaded by dotted path.
+- Background jobs on arq/Redis with retries (exponential backoff, full jitter), soft and hard
+  time limits, priorities, scheduled runs and idempotent submissions.
+- Conversation sessions, an audit log, maintenance jobs, Prometheus metrics and a dashboard.
+
+## Authentication
+Every operation except health, this document and the docs pages needs one of:
+- `Authorization: Bearer <JWT>` — get one from `POST /api/v1/auth/token` (JSON, or the OAuth2
+  password form the **Authorize** button uses); refresh with `/auth/refresh`.
+- `X-API-Key: sk_live_…` — mint keys with `POST /api/v1/api-keys`; each key carries scopes and a
+  rate-limit tier.
+
+Someone else's resource answers **404**, never 403.
+
+## Rate limits
+Per caller and tier (`free` 100/min, `pro` 1000/min, `enterprise` 10000/min; stream routes less),
+shared by every server process. Responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
+`RateLimit-Reset`; over the limit is a `429` with `Retry-After`.
+
+## Getting started: the async flow
+1. `POST /api/v1/agents/echo/invoke-async` with `{"message": "Hello"}` → `202` with `task_id`
+   and a `Location`/`status_url`.
+2. `GET /api/v1/agents/tasks/{task_id}` until `state` is `SUCCESS` (or follow
+   `GET /api/v1/agents/tasks/{task_id}/events` live).
+3. Read `result.content`. Cancel with `POST /api/v1/agents/tasks/{task_id}/cancel`.
+
+Errors are `application/problem+json` (RFC 9457) with the JSON path of each bad field.
+""".strip()
+
+TAGS = [
+    {"name": "Health", "description": "Liveness, readiness and this document. Public."},
+    {"name": "Authentication", "description": "Sign in, rotate and revoke tokens; who am I."},
+    {"name": "Agents", "description": "List agents and invoke them synchronously or as a stream."},
+    {"name": "Background Jobs", "description": "Queue invocations and follow, list or cancel tasks."},
+    {"name": "Sessions", "description": "Conversation sessions whose history agents receive."},
+    {"name": "API Keys", "description": "Mint, list, rotate and revoke API keys."},
+    {"name": "Audit Logs", "description": "Who did what, when, from where."},
+    {"name": "Admin", "description": "Users, the job system, maintenance, metrics and the dashboard."},
+]
