@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- agents --------------------------------------------------------------------------
     default_agent: str = "echo"
+    echo_max_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
     agents: str = ""  # extra agents, comma-separated `module:attr` paths
     llm_base_url: str | None = None
     llm_api_key: str | None = None

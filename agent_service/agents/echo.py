@@ -38,9 +38,12 @@ class EchoAgent:
     description = "Echoes the message back, word by word when streaming. For tests and demos."
     available = True
 
+    def __init__(self, max_delay: float = MAX_DELAY) -> None:
+        self.max_delay = max_delay
+
     def _plan(self, data: AgentInput) -> tuple[float, list[str]]:
         meta = data.metadata
-        delay = _number(meta, "delay", lo=0, hi=MAX_DELAY) or 0.0
+        delay = _number(meta, "delay", lo=0, hi=self.max_delay) or 0.0
         fail = meta.get("fail")
         if fail is not None and fail not in ("transient", "permanent"):
             raise InvalidAgentInput('metadata.fail must be "transient" or "permanent"')

@@ -102,7 +102,7 @@ async def stream(request: Request) -> Response:
     response=TaskAccepted,
     status=202,
     headers=("Idempotency-Key",),
-    errors=(400, 401, 403, 404, 413, 415, 422, 503),
+    errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
     scope="agents:invoke",
     description="Queue the invocation as a background task and answer at once with its id and "
     "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "

@@ -27,6 +27,12 @@ from agent_service.schemas.tasks import JobResult
 REF = "#/components/schemas/{name}"
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}, {"oauth2Password": []}]
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+# one Server-Sent Event (a stream is a sequence of them); `data` holds a JSON document
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "id": {"type": "string"}, "data": {"type": "string"},
+                   "retry": {"type": "integer"}},
+}
 TITLES = {
     400: "Malformed request",
     401: "Not authenticated",
@@ -104,21 +110,18 @@ def _parameters(path: str, meta: dict[str, Any], components: dict[str, Any]) -> 
                 }
             )
     for h in meta.get("headers", ()):
-        params.append(
-            {
-                "name": h,
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "maxLength": 255},
-                "description": HEADER_DOCS[h],
-            }
-        )
+        description, pattern = HEADER_DOCS[h]
+        params.append({"name": h, "in": "header", "required": False, "description": description,
+                       "schema": {"type": "string", "pattern": pattern}})
     return params
 
 
 HEADER_DOCS = {
-    "Idempotency-Key": "Makes the submission safe to retry for 24 h: the same key and body return the first answer.",
-    "Last-Event-ID": "Resume the event stream after this event id (no loss, no duplicates).",
+    "Idempotency-Key": (
+        "Makes the submission safe to retry for 24 h: the same key and body return the first answer.",
+        r"^[\x21-\x7e]{1,255}$",
+    ),
+    "Last-Event-ID": ("Resume the event stream after this event id (no loss, no duplicates).", r"^\d{1,20}-\d{1,20}$"),
 }
 
 
@@ -157,8 +160,9 @@ def _responses(meta: dict[str, Any], secured: bool) -> dict[str, Any]:
     if meta.get("streams"):
         ok["content"] = {
             "text/event-stream": {
-                "schema": {"type": "string"},
-                "examples": {"example": {"value": 'event: chunk\nid: 0\ndata: {"index":0,"content":"Hello "}\n\n'}},
+                "schema": SSE_EVENT,
+                "examples": {"example": {"value": {"event": "chunk", "id": "0",
+                                                   "data": '{"index":0,"content":"Hello "}'}}},
             }
         }
     elif meta.get("response") is not None:

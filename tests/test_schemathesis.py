@@ -1,0 +1,53 @@
+"""A peer's test suite: schemathesis over every operation of the live service (uvicorn + worker).
+
+Checks: no server errors, documented status codes, response schemas and content types. Runs with
+an admin API key (see schemathesis.toml), the LLM agent configured against the local fake
+OpenAI server, and echo delays capped so that generated inputs cannot make requests slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Live, bootstrap_user
+from tests.fake_openai import FakeOpenAI, start_fake_openai
+
+MAX_EXAMPLES = 15
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeOpenAI]:
+    server = start_fake_openai()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(env: dict[str, str], fake_llm: FakeOpenAI) -> dict[str, str]:
+    return {**env, "ECHO_MAX_DELAY": "0.0005", "SYNC_INVOKE_TIMEOUT": "30", "LLM_BASE_URL": fake_llm.base_url,
+            "LLM_API_KEY": "test-key"}
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_failures(live_service: Live, env: dict[str, str]) -> None:
+    key = bootstrap_user(env, "schemathesis@example.com", admin=True)
+    out = ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    st = Path(sys.executable).with_name("st")
+    proc = subprocess.run(
+        [str(st), "run", f"{live_service.base}/openapi.json",
+         "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
+                     "content_type_conformance",
+         "--max-examples", str(MAX_EXAMPLES), "--seed", "20261125", "--request-timeout", "20",
+         "--report", "junit", "--report-junit-path", str(out / "schemathesis-junit.xml")],
+        cwd=ROOT, env={**os.environ, "API_KEY": key, "NO_COLOR": "1"}, capture_output=True, text=True, timeout=560,
+    )
+    (out / "schemathesis.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert "Tested: " in proc.stdout
