@@ -201,6 +201,20 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         p.stop()
 
 
+def wait_http_ok(url: str, *, timeout: float = 20.0, on_fail: Callable[[], str] = lambda: "") -> None:
+    """Block until GET `url` answers 200 (a process we started is up), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer 200 within {timeout}s\n{on_fail()}")
+        time.sleep(0.1)
+
+
 class Live:
     def __init__(self, base: str, web: Process, worker: Process, api_key: str) -> None:
         self.base, self.web, self.worker = base, web, worker
@@ -222,14 +236,5 @@ def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator
     worker = spawn("worker", env)
     web = spawn("web", env, PORT=str(port))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("service not ready:\n" + web.output()[-3000:] + worker.output()[-3000:])
-        time.sleep(0.1)
+    wait_http_ok(f"{base}/health/ready", on_fail=lambda: web.output()[-3000:] + worker.output()[-3000:])
     yield Live(base, web, worker, api_key)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from agent_service.redis_server import free_port
-from tests.conftest import ROOT, TEST_ENV
+from tests.conftest import ROOT, TEST_ENV, wait_http_ok
 
 
 def _children(pid: int) -> set[int]:
@@ -48,15 +48,7 @@ def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
-            time.sleep(0.2)
+        wait_http_ok(f"{base}/health/ready", timeout=30, on_fail=lambda: (tmp_path / "dev.log").read_text()[-3000:])
         key = next(ln.split("=", 1)[1] for ln in (tmp_path / "dev.log").read_text().splitlines()
                    if "export API_KEY=" in ln)
         headers = {"X-API-Key": key.strip()}

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from agent_service.redis_server import free_port
-from tests.conftest import Live
+from tests.conftest import Live, wait_http_ok
 from tests.test_e2e import poll, submit
-
-
-def _wait_live(base: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"{base} never came up"
-        time.sleep(0.1)
 
 
 def test_seed_flow_with_a_jwt_and_logout_on_another_process(live_service: Live, env: dict[str, str],
@@ -31,7 +18,7 @@ def test_seed_flow_with_a_jwt_and_logout_on_another_process(live_service: Live, 
     port = free_port()
     spawn("web", env, PORT=str(port))
     two = f"http://127.0.0.1:{port}"
-    _wait_live(two)
+    wait_http_ok(f"{two}/health/live")
     tokens = httpx.post(f"{one}/api/v1/auth/token",
                         json={"email": "e2e@example.com", "password": "e2e password!"}).json()
     jwt_headers = {"Authorization": f"Bearer {tokens['access_token']}"}

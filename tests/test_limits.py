@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from agent_service.config import Settings
 from agent_service.jobs.limits import Limit, LocalLimiter, RateLimiter, headers
 from agent_service.redis_server import free_port
-from tests.conftest import Client, add_user, app_client, bootstrap_user, wait_for
+from tests.conftest import Client, add_user, app_client, bootstrap_user, wait_for, wait_http_ok
 from tests.test_jobs import status, submit
 
 Start = Callable[..., Any]
@@ -67,16 +66,8 @@ def test_burst_across_two_web_processes_admits_exactly_the_limit(env: dict[str, 
         port = free_port()
         spawn("web", env, PORT=str(port))
         bases.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
     for base in bases:
-        while True:
-            try:
-                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_http_ok(f"{base}/health/live")
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=10) as c:

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from agent_service.auth import api_keys as key_material
 from agent_service.auth.principal import ADMIN_ONLY_SCOPES, TIERS, Principal
+from agent_service.clock import iso
 from agent_service.errors import Forbidden, NotFound
 from agent_service.schemas.auth import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyPage
 from agent_service.services.deps import Deps
@@ -69,14 +70,8 @@ async def get_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord
 
 
 async def list_keys(deps: Deps, principal: Principal, *, limit: int, cursor: str | None) -> ApiKeyPage:
-    before = None
-    if cursor:
-        created_at, last_id = cursors.decode(cursor, 2)
-        before = (str(created_at), str(last_id))
-    rows = await key_store.list_for(deps.db, principal.user_id, limit=limit + 1, before=before)
-    page = rows[:limit]
-    nxt = cursors.encode(page[-1].created_at.isoformat(timespec="microseconds"), page[-1].id) \
-        if len(rows) > limit else None
+    rows = await key_store.list_for(deps.db, principal.user_id, limit=limit + 1, before=cursors.before_of(cursor))
+    page, nxt = cursors.page_of(rows, limit, lambda k: (iso(k.created_at) or "", k.id))
     return ApiKeyPage(items=[to_out(k) for k in page], next_cursor=nxt)
 
 

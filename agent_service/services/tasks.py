@@ -91,14 +91,9 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     if not is_admin and q.owner not in (None, owner_id):
         raise Forbidden("Only admins may list other users' tasks.", code="insufficient_scope")
     owner = q.owner if is_admin else owner_id  # admins without `owner=` see everyone's
-    before = None
-    if q.cursor:
-        created_at, last_id = cursors.decode(q.cursor, 2)
-        before = (str(created_at), str(last_id))
     rows = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit + 1,
-                                      before=before)
-    page = rows[: q.limit]
-    nxt = cursors.encode(iso(page[-1].created_at) or "", page[-1].id) if len(rows) > q.limit else None
+                                      before=cursors.before_of(q.cursor))
+    page, nxt = cursors.page_of(rows, q.limit, lambda r: (iso(r.created_at) or "", r.id))
     return TaskPage(items=[summary(r) for r in page], next_cursor=nxt)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from agent_service.auth.passwords import hash_password_async
+from agent_service.clock import iso
 from agent_service.errors import Conflict, NotFound
 from agent_service.schemas.auth import UserCreate, UserOut, UserPage, UserUpdate
 from agent_service.services.deps import Deps
@@ -35,14 +36,8 @@ async def create_user(deps: Deps, body: UserCreate) -> UserOut:
 
 
 async def list_users(deps: Deps, *, limit: int, cursor: str | None) -> UserPage:
-    before = None
-    if cursor:
-        created_at, last_id = cursors.decode(cursor, 2)
-        before = (str(created_at), str(last_id))
-    rows = await user_store.list_page(deps.db, limit=limit + 1, before=before)
-    page = rows[:limit]
-    nxt = cursors.encode(page[-1].created_at.isoformat(timespec="microseconds"), page[-1].id) \
-        if len(rows) > limit else None
+    rows = await user_store.list_page(deps.db, limit=limit + 1, before=cursors.before_of(cursor))
+    page, nxt = cursors.page_of(rows, limit, lambda u: (iso(u.created_at) or "", u.id))
     return UserPage(items=[to_out(deps, u) for u in page], next_cursor=nxt)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from agent_service.clock import iso, parse_iso
+from agent_service.storage.cursor import KEYSET_SQL, keyset_params
 from agent_service.storage.db import Database, Row
 
 _FINISHED = "('SUCCESS', 'FAILURE', 'REVOKED')"
@@ -138,8 +139,8 @@ async def list_page(
             where.append(f"{column} = ?")
             params.append(value)
     if before is not None:
-        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-        params += [before[0], before[0], before[1]]
+        where.append(KEYSET_SQL)
+        params += keyset_params(before)
     sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
     rows = await db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
     return [_record(r) for r in rows]

@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from agent_service.clock import iso, parse_iso
+from agent_service.storage.cursor import KEYSET_SQL, keyset_params
 from agent_service.storage.db import Database, Row
 
 
@@ -67,14 +68,8 @@ async def count(db: Database) -> int:
 
 async def list_page(db: Database, *, limit: int, before: tuple[str, str] | None) -> list[UserRecord]:
     """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    if before is None:
-        rows = await db.fetchall("SELECT * FROM users ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
-    else:
-        rows = await db.fetchall(
-            "SELECT * FROM users WHERE created_at < ? OR (created_at = ? AND id < ?)"
-            " ORDER BY created_at DESC, id DESC LIMIT ?",
-            (before[0], before[0], before[1], limit),
-        )
+    where, params = (f" WHERE {KEYSET_SQL}", keyset_params(before)) if before else ("", [])
+    rows = await db.fetchall(f"SELECT * FROM users{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
     return [_record(r) for r in rows]
 
 
