@@ -13,7 +13,7 @@ from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response, read_json
 from agent_service.api.routing import route
-from agent_service.errors import ValidationFailed
+from agent_service.errors import AppError, ValidationFailed
 from agent_service.schemas.agents import AgentList, InvokeAsyncRequest, InvokeRequest, InvokeResponse
 from agent_service.schemas.tasks import TaskAccepted
 from agent_service.services import invocations
@@ -67,8 +67,11 @@ def _sse(event: StreamEvent) -> bytes:
 async def _sse_body(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client disconnects; closing `events`
     # then closes the agent's own stream, which stops the agent.
-    async for event in events:
-        yield _sse(event)
+    try:
+        async for event in events:
+            yield _sse(event)
+    except AppError as exc:  # after the 200 is sent, an error can only be an event
+        yield _sse(StreamEvent(event="error", data={"code": exc.code, "detail": exc.detail, "status": exc.status}))
 
 
 @operation(

@@ -12,6 +12,7 @@ from agent_service.api import context
 from agent_service.api.docs import operation
 from agent_service.api.io import json_response, read_query
 from agent_service.api.routing import route
+from agent_service.errors import AppError
 from agent_service.jobs.events import TaskEvent
 from agent_service.schemas.tasks import TaskPage, TaskQuery, TaskStatus
 from agent_service.services import task_events, tasks
@@ -87,8 +88,12 @@ def _sse(event: TaskEvent | None) -> bytes:
 
 async def _body(events: AsyncIterator[TaskEvent | None]) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
-    async for event in events:
-        yield _sse(event)
+    try:
+        async for event in events:
+            yield _sse(event)
+    except AppError as exc:
+        # the 200 and its headers are gone: end the stream with an error event, not a broken connection
+        yield f"event: error\ndata: {_json.encode({'code': exc.code, 'detail': exc.detail}).decode()}\n\n".encode()
 
 
 @operation(

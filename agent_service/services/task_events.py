@@ -20,6 +20,11 @@ _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BLOCK_MS = 5_000
 
 
+def _valid_event_id(value: str) -> bool:
+    """A Redis stream id: two unsigned 64-bit numbers (Redis refuses anything larger)."""
+    return bool(_EVENT_ID.match(value)) and all(int(part) < 2**64 for part in value.split("-"))
+
+
 def _is_end(event: TaskEvent) -> bool:
     return event.type == "state" and event.data.get("state") in FINISHED_STATES
 
@@ -29,7 +34,7 @@ async def open_events(
 ) -> AsyncIterator[TaskEvent | None]:
     """Check access and the resume point now (so errors are plain HTTP errors), then stream.
     The iterator yields None as a keep-alive while nothing happens."""
-    if last_event_id is not None and not _EVENT_ID.match(last_event_id):
+    if last_event_id is not None and not _valid_event_id(last_event_id):
         raise ValidationFailed("Last-Event-ID is not an event id of this stream.",
                                errors=[{"path": "header.Last-Event-ID", "message": "Expected `<ms>-<seq>`"}])
     await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
