@@ -97,10 +97,11 @@ async def test_unconfigured_llm_agent_is_503(client: Client) -> None:
     assert agents["simple_llm_agent"]["available"] is False and agents["echo"]["available"] is True
 
 
-async def test_bad_agent_metadata_is_422_on_invoke_and_stream(client: Client) -> None:
-    for path in ("/api/v1/agents/echo/invoke", "/api/v1/agents/echo/stream"):
+async def test_bad_agent_metadata_is_422_on_invoke_stream_and_invoke_async(client: Client, settings: Settings) -> None:
+    for path in ("/api/v1/agents/echo/invoke", "/api/v1/agents/echo/stream", "/api/v1/agents/echo/invoke-async"):
         problem = assert_problem(await client.post(path, json={"message": "x", "metadata": {"delay": "slow"}}), 422)
         assert problem["errors"][0]["path"] == "$.metadata"  # type: ignore[index]
+    assert await queued(settings) == 0  # the doomed job was never queued
 
 
 async def test_agent_failure_on_sync_invoke_is_a_clean_problem(client: Client) -> None:

@@ -47,6 +47,8 @@ async def test_overview_and_retry(client: Client, settings: Settings, start_work
     assert resp.status_code == 202 and resp.json()["state"] in ("PENDING", "STARTED", "SUCCESS")
     s = await finished(client, queued)
     assert s["state"] == "SUCCESS" and s["result"]["content"] == "cancel me" and s["tries"] == 1
+    listed = {t["task_id"]: t for t in (await client.get("/api/v1/agents/tasks", params={"limit": 50})).json()["items"]}
+    assert listed[queued]["progress"] == 100 and listed[bad]["progress"] == 0
     again = await client.post(f"/api/v1/jobs/{ok}/retry", headers=admin)
     assert again.status_code == 409 and again.json()["code"] == "task_not_retryable"
     assert (await client.post("/api/v1/jobs/nope/retry", headers=admin)).status_code == 404

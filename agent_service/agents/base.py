@@ -74,3 +74,11 @@ class Agent(Protocol):
     async def invoke(self, data: AgentInput) -> AgentOutput: ...
 
     def stream(self, data: AgentInput) -> AsyncIterator[StreamItem]: ...
+
+
+def validate_input(agent: Agent, data: AgentInput) -> None:
+    """Agents may define `validate(input)` (raising InvalidAgentInput) so that bad input is refused
+    before a job is queued; it is optional in the protocol."""
+    check = getattr(agent, "validate", None)
+    if callable(check):
+        check(data)

@@ -41,13 +41,17 @@ class EchoAgent:
     def __init__(self, max_delay: float = MAX_DELAY) -> None:
         self.max_delay = max_delay
 
-    def _plan(self, data: AgentInput) -> tuple[float, list[str]]:
+    def validate(self, data: AgentInput) -> tuple[float, str | None, float | None]:
+        """Check the metadata (also before a job is queued): (delay, fail, fail_times)."""
         meta = data.metadata
         delay = _number(meta, "delay", lo=0, hi=self.max_delay) or 0.0
         fail = meta.get("fail")
         if fail is not None and fail not in ("transient", "permanent"):
             raise InvalidAgentInput('metadata.fail must be "transient" or "permanent"')
-        fail_times = _number(meta, "fail_times", lo=0, hi=1000)
+        return delay, fail, _number(meta, "fail_times", lo=0, hi=1000)
+
+    def _plan(self, data: AgentInput) -> tuple[float, list[str]]:
+        delay, fail, fail_times = self.validate(data)
         if fail is not None and (fail_times is None or data.attempt <= fail_times):
             if fail == "transient":
                 raise TransientAgentError(f"echo: simulated transient failure on attempt {data.attempt}")

@@ -134,3 +134,13 @@ class TaskEvents:
         """Forget a finished run's live state (admin retry): its event history must not be replayed
         as if it were the new run's."""
         await self._redis.delete(events_key(task_id), chunks_key(task_id), live_key(task_id), result_key(task_id))
+
+    @redis_guard
+    async def get_progress_many(self, task_ids: list[str]) -> dict[str, int]:
+        if not task_ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hget(live_key(task_id), "progress")
+        values = await pipe.execute()
+        return {t: int(v) for t, v in zip(task_ids, values, strict=True) if v is not None}

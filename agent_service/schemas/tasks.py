@@ -95,6 +95,7 @@ class TaskSummary(msgspec.Struct, kw_only=True):
     started_at: datetime | None
     completed_at: datetime | None
     scheduled_for: datetime | None = None
+    progress: int = 0
 
 
 class TaskPage(msgspec.Struct, kw_only=True):

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from agent_service.agents.base import Agent, AgentError, AgentInput, ChatMessage, StreamMeta
+from agent_service.agents.base import Agent, AgentError, AgentInput, ChatMessage, StreamMeta, validate_input
 from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
 from agent_service.jobs import names, priority
 from agent_service.jobs.idempotency import IdempotencyStore, fingerprint
@@ -164,6 +164,10 @@ async def enqueue(
     """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key."""
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
     run_at = _when(deps, req)
+    try:  # a job that is sure to fail on its input is never queued
+        validate_input(agent, AgentInput(message=req.message, metadata=dict(req.metadata or {})))
+    except AgentError as exc:
+        raise to_app_error(exc) from None
     if req.session_id:
         await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
     if idempotency_key is None:

@@ -94,10 +94,13 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     rows = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit + 1,
                                       before=cursors.before_of(q.cursor))
     page, nxt = cursors.page_of(rows, q.limit, lambda r: (iso(r.created_at) or "", r.id))
-    return TaskPage(items=[summary(r) for r in page], next_cursor=nxt)
+    live = await deps.events.get_progress_many([r.id for r in page if r.state in ("STARTED", "RETRY")])
+    items = [summary(r, progress=100 if r.state == "SUCCESS" else live.get(r.id, 0)) for r in page]
+    return TaskPage(items=items, next_cursor=nxt)
 
 
-def summary(r: TaskRecord) -> TaskSummary:
+def summary(r: TaskRecord, progress: int = 0) -> TaskSummary:
     return TaskSummary(task_id=r.id, state=r.state, status=STATUS_WORDS[r.state], agent_id=r.agent_id,  # type: ignore[arg-type]
                        kind=r.kind, owner_id=r.owner_id, tries=r.tries, error=r.error, created_at=r.created_at,
-                       started_at=r.started_at, completed_at=r.completed_at, scheduled_for=r.scheduled_for)
+                       started_at=r.started_at, completed_at=r.completed_at, scheduled_for=r.scheduled_for,
+                       progress=progress)
