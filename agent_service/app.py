@@ -93,9 +93,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def api_key(raw: str) -> Principal:
         return await identity.principal_from_api_key(app.state.deps, raw)
 
+    # /metrics checks its own token; the token endpoint takes credentials in its body, and OAuth2
+    # clients (the docs' Authorize button) also send their client id as `Authorization: Basic`
+    own_auth = frozenset({"/metrics", f"{API_PREFIX}/auth/token"})
     app.user_middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,
-                   backend=ApiAuthBackend(bearer, api_key, own_auth_paths=frozenset({"/metrics"}))),
+                   backend=ApiAuthBackend(bearer, api_key, own_auth_paths=own_auth)),
     ]
     return app

@@ -165,3 +165,11 @@ async def test_task_status_is_503_when_redis_is_down(client: Client, make_settin
     async with app_client(make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"), authenticated=False) as c:
         c.headers["X-API-Key"] = client.headers["X-API-Key"]
         assert_problem(await c.get(f"/api/v1/agents/tasks/{accepted['task_id']}"), 503, "queue_unavailable")
+
+
+async def test_metadata_a_job_cannot_carry_is_422_not_500(client: Client, settings: Settings) -> None:
+    body = b'{"message": "x", "metadata": {"n": 3116049849561726262903023075328}}'  # found by schemathesis
+    resp = await client.post("/api/v1/agents/echo/invoke-async", content=body, headers=JSON)
+    assert assert_problem(resp, 422)["errors"][0]["path"] == "$.metadata"  # type: ignore[index]
+    assert await queued(settings) == 0
+    assert (await client.post("/api/v1/agents/echo/invoke", content=body, headers=JSON)).status_code == 200

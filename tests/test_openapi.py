@@ -12,7 +12,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from agent_service.api.spec import walk
-from tests.conftest import Client
+from tests.conftest import Client, add_user
 
 TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "API Keys", "Audit Logs", "Admin"]
 
@@ -81,6 +81,31 @@ async def test_public_operations_and_streams(spec: dict[str, Any]) -> None:
     assert "RateLimit-Remaining" in limited["200"]["headers"] and "429" in limited
 
 
+async def test_each_operation_matches_its_route_metadata(client: Client, spec: dict[str, Any]) -> None:
+    """Public-ness, schemes, scope, bodies and streams as declared by each endpoint's operation(...)."""
+    for path, method, endpoint in walk(list(client.app.routes)):
+        meta, op, where = endpoint.__openapi__, spec["paths"][path][method], f"{method.upper()} {path}"
+        if meta["public"]:
+            assert op["security"] == [], where
+        else:
+            assert {"bearerAuth", "apiKeyAuth", "oauth2Password"} <= {k for s in op["security"] for k in s}, where
+        if meta["scope"]:
+            assert f"`{meta['scope']}`" in op["description"], where
+        if meta["request"] is not None:
+            body = op["requestBody"]["content"]["application/json"]
+            assert body["schema"] == {"$ref": f"#/components/schemas/{meta['request'].__name__}"} and body["examples"]
+        ok = op["responses"][str(meta["status"])]
+        if meta["streams"]:
+            assert "text/event-stream" in ok["content"], where
+        elif meta["response"] is not None:
+            assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/" + meta["response"].__name__)
+        for code in meta["errors"]:
+            assert "application/problem+json" in op["responses"][str(code)]["content"], (where, code)
+        if meta["rate_limit"]:
+            assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(ok.get("headers", {})), where
+            assert "429" in op["responses"], where
+
+
 async def test_every_example_validates_against_its_schema(spec: dict[str, Any]) -> None:
     registry = Registry().with_resource("urn:spec", Resource(spec, specification=DRAFT202012))
     checked = 0
@@ -120,3 +145,21 @@ async def test_docs_pages_work_offline(client: Client) -> None:
     assert (await client.get("/docs/static/nope.js")).status_code == 404
     init = (await client.get("/docs/static/swagger-init.js")).text
     assert '"/openapi.json"' in init and "persistAuthorization" in init
+
+
+SWAGGER_BASIC = {"Authorization": "Basic Og=="}  # btoa(client_id + ":" + client_secret), both empty
+
+
+async def test_authorize_button_password_flow_then_async_flow(client: Client) -> None:
+    """What /docs sends by default: Swagger UI's password flow puts the (empty) OAuth2 client
+    credentials in a Basic header and the user's in the form; then calls use the bearer token."""
+    await add_user(client.app, "swagger@example.com", password="swagger password 1")
+    del client.headers["X-API-Key"]
+    form = {"grant_type": "password", "scope": "", "username": "swagger@example.com", "password": "swagger password 1"}
+    resp = await client.post("/api/v1/auth/token", data=form, headers=SWAGGER_BASIC)
+    assert resp.status_code == 200, resp.text
+    bearer = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+    queued = await client.post("/api/v1/agents/echo/invoke-async", json={"message": "Hello"}, headers=bearer)
+    assert queued.status_code == 202, queued.text
+    status = await client.get(queued.headers["Location"], headers=bearer)
+    assert status.status_code == 200 and status.json()["task_id"] == queued.json()["task_id"], status.text

@@ -30,3 +30,12 @@ def serialize(obj: dict[str, Any]) -> bytes:
 def deserialize(data: bytes) -> dict[str, Any]:
     result: dict[str, Any] = _decoder.decode(data)
     return result
+
+
+def storable(obj: Any) -> bool:
+    """Whether msgpack can carry `obj` (JSON allows integers beyond 64 bits; msgpack does not)."""
+    try:
+        _encoder.encode(obj)
+    except (TypeError, OverflowError, ValueError):
+        return False
+    return True

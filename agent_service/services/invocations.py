@@ -13,7 +13,7 @@ import msgspec
 
 from agent_service.agents.base import Agent, AgentError, AgentInput, ChatMessage, StreamMeta, validate_input
 from agent_service.errors import GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
-from agent_service.jobs import names, priority
+from agent_service.jobs import names, priority, serializer
 from agent_service.jobs.idempotency import IdempotencyStore, fingerprint
 from agent_service.jobs.payloads import AgentJob
 from agent_service.logging import get_logger
@@ -196,6 +196,9 @@ async def _enqueue(
         task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
         metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
     )
+    if not serializer.storable(msgspec.to_builtins(payload)):
+        raise ValidationFailed("metadata holds values a job cannot carry (integers beyond 64 bits).",
+                               errors=[{"path": "$.metadata", "message": "Integers must fit in 64 bits"}])
     await task_store.create(
         deps.db, task_id=task_id, kind=kind, agent_id=agent.name, owner_id=owner_id,
         request_id=request_id, session_id=req.session_id, now=deps.clock(),
