@@ -86,6 +86,8 @@ async def rotate_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyCre
     old = await get_key(deps, principal, key_id)
     if old.revoked_at is not None:
         raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
+    # the caller receives the new raw key: the same minting rules as create (no scope they lack)
+    _check_grant(principal, list(old.scopes), old.tier)
     await key_store.revoke(deps.db, old.id, now=deps.clock())
     days = None
     if old.expires_at is not None:

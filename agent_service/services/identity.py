@@ -42,10 +42,12 @@ async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> 
     access, _ = issue_access_token(deps.settings, deps.auth.secret, user_id=user.id, roles=user.roles,
                                    scopes=user_scopes(user), now=now)
     refresh = "rt_" + secrets.token_urlsafe(32)
-    await refresh_store.create(
+    created = await refresh_store.create(
         deps.db, token_id=uuid.uuid4().hex, family_id=family_id or uuid.uuid4().hex, user_id=user.id,
         token_hash=_hash(refresh), expires_at=now + timedelta(seconds=deps.settings.refresh_token_ttl), now=now,
     )
+    if not created:  # the family was revoked (a replay) while this rotation was under way
+        raise Unauthorized("The refresh token is invalid or expired.", code="invalid_refresh_token")
     return TokenResponse(access_token=access, refresh_token=refresh, expires_in=deps.settings.access_token_ttl)
 
 
@@ -95,11 +97,15 @@ async def principal_from_bearer(deps: Deps, token: str) -> Principal:
 
 
 def _external_principal(deps: Deps, claims: dict[str, Any]) -> Principal:
-    roles = tuple(r for r in claims.get("roles", []) if r in ("user", "admin")) or ("user",)
+    # claims from another issuer may have any JSON type: only a list of strings counts as roles
+    raw_roles, email = claims.get("roles"), claims.get("email")
+    roles = tuple(r for r in raw_roles if r in ("user", "admin")) if isinstance(raw_roles, list) else ()
+    roles = roles or ("user",)
     requested = str(claims.get("scope", "")).split()
     allowed = SCOPES if "admin" in roles else USER_SCOPES
     scopes = tuple(s for s in requested if s in allowed) or USER_SCOPES
-    return Principal(user_id=f"oidc:{claims['sub']}", email=str(claims.get("email", claims["sub"])), roles=roles,
+    email = email if isinstance(email, str) and email else str(claims["sub"])
+    return Principal(user_id=f"oidc:{claims['sub']}", email=email, roles=roles,
                      scopes=scopes, tier=deps.settings.default_tier,
                      token_jti=claims.get("jti"), token_exp=int(claims["exp"]))
 
@@ -116,8 +122,10 @@ async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
     if user is None or not user.is_active:
         raise invalid
     await key_store.touch(deps.db, key.id, now=now)
-    return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=key.scopes, tier=key.tier,
-                     api_key_id=key.id)
+    # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`
+    allowed = user_scopes(user)
+    return Principal(user_id=user.id, email=user.email, roles=user.roles,
+                     scopes=tuple(s for s in key.scopes if s in allowed), tier=key.tier, api_key_id=key.id)
 
 
 def me(principal: Principal) -> Me:

@@ -20,12 +20,16 @@ class RefreshRecord(msgspec.Struct, kw_only=True):
 
 
 async def create(db: Database, *, token_id: str, family_id: str, user_id: str, token_hash: str,
-                 expires_at: datetime, now: datetime) -> None:
-    await db.execute(
+                 expires_at: datetime, now: datetime) -> bool:
+    """False (nothing stored) when the family has been revoked: one statement, so a revocation
+    racing with a rotation either covers the new token or stops it being issued."""
+    changed = await db.execute(
         "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (token_id, family_id, user_id, token_hash, iso(now), iso(expires_at)),
+        " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+        " (SELECT 1 FROM refresh_tokens WHERE family_id = ? AND revoked_at IS NOT NULL)",
+        (token_id, family_id, user_id, token_hash, iso(now), iso(expires_at), family_id),
     )
+    return changed > 0
 
 
 async def by_hash(db: Database, token_hash: str) -> RefreshRecord | None:
