@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from agent_service.config import Settings
 from agent_service.errors import ConfigError, ServiceUnavailable, Unauthorized
@@ -119,9 +120,7 @@ class TokenVerifier:
     async def is_revoked(self, jti: str) -> bool:
         try:
             return bool(await self._redis.exists(revoked_key(jti)))
-        except (OSError, ConnectionError) as exc:
-            raise ServiceUnavailable("Token revocation cannot be checked right now.") from exc
-        except Exception as exc:  # redis raises its own hierarchy; fail closed, never open
+        except (RedisError, OSError) as exc:  # fail closed, never open
             raise ServiceUnavailable("Token revocation cannot be checked right now.") from exc
 
     async def revoke(self, jti: str, exp: int) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+
+from redis.exceptions import RedisError
 
 from agent_service.jobs.queue import worker_health_key
 from agent_service.schemas.common import Health, HealthComponent
@@ -13,7 +16,7 @@ async def _redis(deps: Deps) -> HealthComponent:
     try:
         async with asyncio.timeout(2):
             await deps.redis.ping()
-    except Exception:
+    except (RedisError, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="redis unreachable")
     return HealthComponent(ok=True)
 
@@ -22,7 +25,7 @@ async def _database(deps: Deps) -> HealthComponent:
     try:
         async with asyncio.timeout(2):
             await deps.db.fetchone("SELECT 1")
-    except Exception:
+    except (sqlite3.Error, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="database unavailable")
     return HealthComponent(ok=True)
 
@@ -31,7 +34,7 @@ async def _worker(deps: Deps) -> HealthComponent:
     try:
         async with asyncio.timeout(2):
             alive = await deps.redis.exists(worker_health_key(deps.settings))
-    except Exception:
+    except (RedisError, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="worker heartbeat unknown (redis unreachable)")
     return HealthComponent(ok=True) if alive else HealthComponent(ok=False, detail="no fresh worker heartbeat")
 
