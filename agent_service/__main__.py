@@ -12,16 +12,17 @@ import msgspec
 import uvicorn
 from arq.worker import get_kwargs
 
-from agent_service import bootstrap, enqueue_cli
-from agent_service.auth.principal import TIERS
+from agent_service.cli import bootstrap
+from agent_service.cli import enqueue as enqueue_cli
+from agent_service.cli.dev import run_dev
 from agent_service.config import Settings, load_settings
-from agent_service.dev import run_dev
 from agent_service.errors import AppError, ConfigError
-from agent_service.jobs.fast_worker import FastWorker
+from agent_service.identity.schemas import TIERS
+from agent_service.kit.db import Database
+from agent_service.kit.fast_worker import FastWorker
+from agent_service.kit.migrations import migrate
 from agent_service.logging import configure_logging
-from agent_service.storage.db import Database
-from agent_service.storage.migrate import migrate
-from agent_service.worker_factory import build_worker_settings
+from agent_service.worker_settings import build_worker_settings
 
 
 def _web(settings: Settings) -> int:

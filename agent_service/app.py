@@ -13,33 +13,30 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
-from agent_service.api import (
-    agents,
-    api_keys,
-    audit_logs,
-    auth,
-    dashboard,
-    docs_pages,
-    health,
-    jobs,
-    metrics,
-    sessions,
-    spec,
-    tasks,
-    users,
-)
-from agent_service.api.client_ip import parse_trusted
-from agent_service.api.middleware import RequestContextMiddleware
-from agent_service.api.problems import EXCEPTION_HANDLERS, problem
-from agent_service.api.routing import WWW_AUTHENTICATE
-from agent_service.auth.backend import ApiAuthBackend, CredentialError
-from agent_service.auth.principal import Principal
-from agent_service.auth.tokens import resolve_secret
+from agent_service.agents import endpoints as agents
+from agent_service.audit import endpoints as audit_logs
 from agent_service.config import Settings, load_settings
-from agent_service.jobs.limits import LocalLimiter
+from agent_service.identity import endpoints as api_keys
+from agent_service.identity import endpoints as auth
+from agent_service.identity import endpoints as users
+from agent_service.identity import service as identity
+from agent_service.identity.auth_backend import ApiAuthBackend, CredentialError
+from agent_service.identity.schemas import Principal
+from agent_service.identity.tokens import resolve_secret
+from agent_service.kit.client_ip import parse_trusted
+from agent_service.kit.deps import open_deps
+from agent_service.kit.endpoint import WWW_AUTHENTICATE
+from agent_service.kit.middleware import RequestContextMiddleware
+from agent_service.kit.openapi import builder as spec
+from agent_service.kit.openapi import docs_pages
+from agent_service.kit.problems import EXCEPTION_HANDLERS, problem
+from agent_service.kit.ratelimit import LocalLimiter
 from agent_service.logging import configure_logging, get_logger
-from agent_service.services import identity
-from agent_service.services.deps import open_deps
+from agent_service.ops import dashboard, metrics
+from agent_service.ops import health_endpoints as health
+from agent_service.sessions import endpoints as sessions
+from agent_service.tasks import admin_endpoints as jobs
+from agent_service.tasks import endpoints as tasks
 
 API_PREFIX = "/api/v1"
 log = get_logger(__name__)

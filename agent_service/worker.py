@@ -5,6 +5,6 @@ worker` runs the same settings on FastWorker, which starts the next job as soon 
 """
 
 from agent_service.config import load_settings
-from agent_service.worker_factory import build_worker_settings
+from agent_service.worker_settings import build_worker_settings
 
 WorkerSettings = build_worker_settings(load_settings())

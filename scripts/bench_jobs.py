@@ -45,10 +45,10 @@ from arq.jobs import serialize_job
 from arq.version import VERSION as ARQ_VERSION
 from arq.worker import Worker, func
 
+from agent_service.cli.embedded import EmbeddedRedis
 from agent_service.config import Settings
-from agent_service.jobs.fast_worker import FastWorker
-from agent_service.jobs.serializer import deserialize, serialize
-from agent_service.redis_server import EmbeddedRedis
+from agent_service.kit.fast_worker import FastWorker
+from agent_service.kit.serializer import deserialize, serialize
 
 FUNCTION = "bench_job"
 QUEUE = "arq:bench"

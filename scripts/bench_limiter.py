@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_service import bootstrap  # noqa: E402
+from agent_service.cli.embedded import EmbeddedRedis, free_port  # noqa: E402
 from agent_service.config import load_settings  # noqa: E402
-from agent_service.redis_server import EmbeddedRedis, free_port  # noqa: E402
 
 
 def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:

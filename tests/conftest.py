@@ -18,15 +18,15 @@ import pytest
 import redis as sync_redis
 from arq.worker import get_kwargs
 
-from agent_service import bootstrap
 from agent_service.app import create_app
-from agent_service.auth.principal import SCOPES, USER_SCOPES
+from agent_service.cli import bootstrap
+from agent_service.cli.embedded import EmbeddedRedis, free_port
 from agent_service.config import Settings, load_settings
-from agent_service.jobs.fast_worker import FastWorker
-from agent_service.redis_server import EmbeddedRedis, free_port
-from agent_service.schemas.auth import UserCreate
-from agent_service.services import api_keys, users
-from agent_service.worker_factory import build_worker_settings
+from agent_service.identity import accounts as api_keys
+from agent_service.identity import accounts as users
+from agent_service.identity.schemas import SCOPES, USER_SCOPES, UserCreate
+from agent_service.kit.fast_worker import FastWorker
+from agent_service.worker_settings import build_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
-from agent_service.redis_server import free_port
 from tests.conftest import Client, app_client
 
 JSON = {"content-type": "application/json"}

@@ -13,15 +13,15 @@ import aiosqlite
 import msgspec
 import pytest
 
-from agent_service.auth.principal import Principal
+from agent_service.audit import repository as audit_store
+from agent_service.audit import service as audit
+from agent_service.audit.repository import AuditRow
+from agent_service.audit.schemas import AuditEntry, AuditQuery
+from agent_service.audit.service import AuditWriter, audit_entry
 from agent_service.errors import NotFound, ValidationFailed
-from agent_service.schemas.audit import AuditEntry, AuditQuery
-from agent_service.services import audit
-from agent_service.services.audit import AuditWriter, audit_entry
-from agent_service.storage import audit as audit_store
-from agent_service.storage.audit import AuditRow
-from agent_service.storage.db import Database
-from agent_service.storage.migrate import migrate
+from agent_service.identity.schemas import Principal
+from agent_service.kit.db import Database
+from agent_service.kit.migrations import migrate
 from tests.conftest import wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -17,11 +17,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent_service.schemas.audit import AuditEntry, AuditRecord
-from agent_service.services.audit_archive import archive_old_audit_logs, read_archive
-from agent_service.storage import audit as audit_store
-from agent_service.storage.db import Database
-from agent_service.storage.migrate import migrate
+from agent_service.audit import repository as audit_store
+from agent_service.audit.archive import archive_old_audit_logs, read_archive
+from agent_service.audit.schemas import AuditEntry, AuditRecord
+from agent_service.kit.db import Database
+from agent_service.kit.migrations import migrate
 from tests.conftest import ROOT
 
 NOW = datetime(2026, 6, 1, 2, 0, tzinfo=UTC)
@@ -181,8 +181,8 @@ CHILD = """
 import asyncio, sys
 from datetime import datetime
 from pathlib import Path
-from agent_service.services.audit_archive import archive_old_audit_logs
-from agent_service.storage.db import Database
+from agent_service.audit.archive import archive_old_audit_logs
+from agent_service.kit.db import Database
 
 async def main():
     db = await Database.open(sys.argv[1])

@@ -19,9 +19,9 @@ import jwt
 import pytest
 
 from agent_service.app import create_app
+from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
 from agent_service.errors import ConfigError
-from agent_service.redis_server import free_port
 from tests.conftest import TEST_ENV, Client, add_user, app_client
 from tests.jwks_server import AUDIENCE, ISSUER, JwksServer
 from tests.test_api_bad_input import assert_problem

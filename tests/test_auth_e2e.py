@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from agent_service.redis_server import free_port
+from agent_service.cli.embedded import free_port
 from tests.conftest import Live, wait_http_ok
 
 EMAIL, PASSWORD = "e2e@example.com", "e2e password!"  # what conftest.bootstrap_user creates

@@ -1,7 +1,7 @@
 import pytest
 
 from agent_service.errors import ConfigError
-from agent_service.jobs.cron_spec import parse
+from agent_service.kit.cron import parse
 
 
 def test_seed_schedules() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from agent_service.redis_server import free_port
+from agent_service.cli.embedded import free_port
 from tests.conftest import ROOT, TEST_ENV, wait_http_ok
 
 

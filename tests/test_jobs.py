@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from agent_service.config import Settings
-from agent_service.jobs import serializer
-from agent_service.jobs.retry import backoff_delay
+from agent_service.kit import serializer
+from agent_service.tasks.policy import backoff_delay
 from tests.conftest import Client, app_client, wait_for
 
 Start = Callable[[Settings], Any]

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
-from agent_service.jobs.limits import Limit, LocalLimiter, RateLimiter, headers
-from agent_service.redis_server import free_port
+from agent_service.kit.ratelimit import Limit, LocalLimiter, RateLimiter, headers
 from tests.conftest import Client, add_user, app_client, bootstrap_user, wait_for, wait_http_ok
 from tests.test_jobs import status, submit
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_service.services.maintenance import REVOKED_PREFIX, cleanup_temp_files, cleanup_token_blacklist
+from agent_service.tasks.housekeeping import REVOKED_PREFIX, cleanup_temp_files, cleanup_token_blacklist
 
 NOW = datetime(2030, 6, 1, 3, 0, tzinfo=UTC)
 OLD = (NOW - timedelta(hours=30)).timestamp()
@@ -164,7 +164,7 @@ async def test_file_that_cannot_be_removed_is_counted_not_fatal(tmp_path: Path) 
 _AS_NOBODY = """
 import asyncio, concurrent.futures.thread, json, os, sys
 from datetime import datetime
-from agent_service.services.maintenance import cleanup_temp_files
+from agent_service.tasks.housekeeping import cleanup_temp_files
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 now = datetime.fromisoformat(sys.argv[2])
 print(json.dumps(asyncio.run(cleanup_temp_files(sys.argv[1], 24, now, clock=lambda: now))))

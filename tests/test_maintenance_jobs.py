@@ -13,7 +13,7 @@ from typing import Any
 from arq.constants import in_progress_key_prefix, result_key_prefix
 
 from agent_service.config import Settings
-from agent_service.worker_factory import build_worker_settings
+from agent_service.worker_settings import build_worker_settings
 from tests.conftest import add_user, app_client, wait_for
 from tests.test_jobs import finished
 

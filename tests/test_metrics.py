@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from starlette.middleware.authentication import AuthenticationMiddleware
 
-from agent_service.api.metrics import CONTENT_TYPE, UNMATCHED, HttpMetrics, route_template
 from agent_service.app import create_app
+from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
-from agent_service.jobs import names
-from agent_service.jobs.job_metrics import DURATION_BUCKETS, LATENCY_BUCKETS, JobMetrics
-from agent_service.redis_server import free_port
+from agent_service.kit.metrics import DURATION_BUCKETS, LATENCY_BUCKETS, JobMetrics
+from agent_service.ops.metrics import CONTENT_TYPE, UNMATCHED, HttpMetrics, route_template
+from agent_service.tasks import queue as names
 from tests.conftest import Client, app_client, wait_for
 
 Start = Callable[[Settings], Any]

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from agent_service.api.spec import walk
+from agent_service.kit.openapi.builder import walk
 from tests.conftest import Client, add_user
 
 TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "API Keys", "Audit Logs", "Admin"]

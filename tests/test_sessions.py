@@ -11,13 +11,13 @@ import pytest
 from agent_service.agents.base import ChatMessage
 from agent_service.config import Settings
 from agent_service.errors import NotFound, ValidationFailed
-from agent_service.schemas.sessions import SessionQuery
-from agent_service.services.maintenance import cleanup_expired_sessions
-from agent_service.services.sessions import SessionService, make_title
-from agent_service.storage import cursor as cursors
-from agent_service.storage import sessions as session_store
-from agent_service.storage.db import Database
-from agent_service.storage.migrate import migrate
+from agent_service.kit import pagination as cursors
+from agent_service.kit.db import Database
+from agent_service.kit.migrations import migrate
+from agent_service.sessions import repository as session_store
+from agent_service.sessions.schemas import SessionQuery
+from agent_service.sessions.service import SessionService, make_title
+from agent_service.tasks.housekeeping import cleanup_expired_sessions
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

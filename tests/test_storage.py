@@ -3,9 +3,9 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent_service.storage import tasks
-from agent_service.storage.db import Database
-from agent_service.storage.migrate import available, migrate
+from agent_service.kit.db import Database
+from agent_service.kit.migrations import available, migrate
+from agent_service.tasks import repository as tasks
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

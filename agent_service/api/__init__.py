@@ -1,1 +1,0 @@
-"""HTTP API: one module per resource, each exporting `routes`."""

@@ -1,1 +1,0 @@
-"""Identity: passwords, JWTs, API keys and the Starlette authentication backend."""

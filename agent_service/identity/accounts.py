@@ -1,0 +1,157 @@
+"""Admin management of users, and the first-admin bootstrap used by `create-user` and `dev`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from agent_service.clock import iso
+from agent_service.errors import Conflict, Forbidden, NotFound
+from agent_service.identity import keys as key_material
+from agent_service.identity import repository as key_store
+from agent_service.identity import repository as refresh_store
+from agent_service.identity import repository as user_store
+from agent_service.identity.passwords import hash_password_async
+from agent_service.identity.repository import ApiKeyRecord, UserRecord
+from agent_service.identity.schemas import (
+    ADMIN_ONLY_SCOPES,
+    TIERS,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    ApiKeyPage,
+    Principal,
+    UserCreate,
+    UserOut,
+    UserPage,
+    UserUpdate,
+)
+from agent_service.kit import pagination as cursors
+from agent_service.kit.deps import Deps
+
+
+def user_out(deps: Deps, user: UserRecord) -> UserOut:
+    return UserOut(id=user.id, email=user.email, name=user.name, roles=list(user.roles),
+                   tier=user.tier or deps.settings.default_tier, is_active=user.is_active,
+                   created_at=user.created_at, updated_at=user.updated_at)
+
+
+async def create_user(deps: Deps, body: UserCreate) -> UserOut:
+    user_id = uuid.uuid4().hex
+    roles = tuple(dict.fromkeys(body.roles))
+    created = await user_store.create_user(
+        deps.db, user_id=user_id, email=body.email, name=body.name,
+        password_hash=await hash_password_async(body.password), roles=roles, tier=body.tier, now=deps.clock(),
+    )
+    if not created:
+        raise Conflict("A user with this email already exists.", code="email_taken")
+    user = await user_store.get_user(deps.db, user_id)
+    assert user is not None
+    return user_out(deps, user)
+
+
+async def list_users(deps: Deps, *, limit: int, cursor: str | None) -> UserPage:
+    rows = await user_store.list_users(deps.db, limit=limit + 1, before=cursors.before_of(cursor))
+    page, nxt = cursors.page_of(rows, limit, lambda u: (iso(u.created_at) or "", u.id))
+    return UserPage(items=[user_out(deps, u) for u in page], next_cursor=nxt)
+
+
+async def get_user(deps: Deps, user_id: str) -> UserRecord:
+    user = await user_store.get_user(deps.db, user_id) if len(user_id) <= 64 else None
+    if user is None:
+        raise NotFound(f"No user with id {user_id!r}.", code="user_not_found")
+    return user
+
+
+async def update_user(deps: Deps, user_id: str, body: UserUpdate) -> UserOut:
+    await get_user(deps, user_id)
+    now = deps.clock()
+    await user_store.update_user(
+        deps.db, user_id, now=now, roles=tuple(dict.fromkeys(body.roles)) if body.roles else None,
+        is_active=body.is_active, tier=body.tier, name=body.name,
+    )
+    if body.is_active is False:
+        # a deactivated user's refresh tokens die with the account; access tokens and keys are
+        # refused at once because every request re-reads the user
+        await refresh_store.revoke_user_refresh(deps.db, user_id, now=now)
+    return user_out(deps, await get_user(deps, user_id))
+
+
+def key_out(key: ApiKeyRecord) -> ApiKeyOut:
+    return ApiKeyOut(id=key.id, user_id=key.user_id, name=key.name, prefix=key.prefix, scopes=list(key.scopes),
+                     tier=key.tier, created_at=key.created_at, expires_at=key.expires_at,
+                     last_used_at=key.last_used_at, revoked_at=key.revoked_at)
+
+
+def _check_grant(principal: Principal, scopes: list[str], tier: str) -> None:
+    """A key never holds more than its creator: no scope they lack, no tier above theirs."""
+    if not principal.is_admin:
+        elevated = sorted(set(scopes) & ADMIN_ONLY_SCOPES)
+        if elevated:
+            raise Forbidden(f"Only admins may grant {', '.join(elevated)}.", code="scope_not_grantable")
+        if TIERS.index(tier) > TIERS.index(principal.tier):
+            raise Forbidden(f"Your tier ({principal.tier}) cannot mint a {tier} key.", code="tier_not_grantable")
+    missing = sorted(s for s in set(scopes) if not principal.has_scope(s))
+    if missing:
+        raise Forbidden(f"You cannot grant scopes you do not hold: {', '.join(missing)}.", code="scope_not_grantable")
+
+
+async def _mint(deps: Deps, *, user_id: str, name: str, scopes: tuple[str, ...], tier: str,
+                expires_in_days: int | None) -> ApiKeyCreated:
+    raw = key_material.generate()
+    key_id = uuid.uuid4().hex
+    now = deps.clock()
+    await key_store.create_key(
+        deps.db, key_id=key_id, user_id=user_id, name=name, key_hash=key_material.hash_key(raw),
+        prefix=key_material.display_prefix(raw), scopes=scopes, tier=tier,
+        expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None, now=now,
+    )
+    record = await key_store.get_key(deps.db, key_id)
+    assert record is not None
+    return ApiKeyCreated(**{f: getattr(key_out(record), f) for f in ApiKeyOut.__struct_fields__}, key=raw)
+
+
+async def create_key(deps: Deps, principal: Principal, body: ApiKeyCreate) -> ApiKeyCreated:
+    scopes: list[str] = list(dict.fromkeys(body.scopes))
+    _check_grant(principal, scopes, body.tier)
+    return await _mint(deps, user_id=principal.user_id, name=body.name, scopes=tuple(scopes), tier=body.tier,
+                       expires_in_days=body.expires_in_days)
+
+
+async def bootstrap_key(deps: Deps, user_id: str, *, name: str, scopes: tuple[str, ...], tier: str) -> str:
+    """For the CLI and `dev`: mint without a calling principal. Returns the raw key."""
+    return (await _mint(deps, user_id=user_id, name=name, scopes=scopes, tier=tier, expires_in_days=None)).key
+
+
+async def get_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
+    key = await key_store.get_key(deps.db, key_id) if len(key_id) <= 64 else None
+    if key is None or (key.user_id != principal.user_id and not principal.is_admin):
+        raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
+    return key
+
+
+async def list_keys(deps: Deps, principal: Principal, *, limit: int, cursor: str | None) -> ApiKeyPage:
+    rows = await key_store.list_keys(deps.db, principal.user_id, limit=limit + 1, before=cursors.before_of(cursor))
+    page, nxt = cursors.page_of(rows, limit, lambda k: (iso(k.created_at) or "", k.id))
+    return ApiKeyPage(items=[key_out(k) for k in page], next_cursor=nxt)
+
+
+async def revoke_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
+    key = await get_key(deps, principal, key_id)
+    await key_store.revoke_key(deps.db, key.id, now=deps.clock())
+    return key
+
+
+async def rotate_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyCreated:
+    """A new key with the same name, scopes, tier and remaining lifetime; the old one stops at once."""
+    old = await get_key(deps, principal, key_id)
+    if old.revoked_at is not None:
+        raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
+    # the caller receives the new raw key: the same minting rules as create (no scope they lack)
+    _check_grant(principal, list(old.scopes), old.tier)
+    await key_store.revoke_key(deps.db, old.id, now=deps.clock())
+    days = None
+    if old.expires_at is not None:
+        days = max(1, (old.expires_at - deps.clock()).days)
+    return await _mint(deps, user_id=old.user_id, name=old.name, scopes=old.scopes, tier=old.tier,
+                       expires_in_days=days)

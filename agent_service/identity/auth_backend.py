@@ -1,0 +1,88 @@
+"""The Starlette AuthenticationBackend: Bearer first, then X-API-Key.
+
+A credential that is present but invalid is a 401 with no fallback to the other kind; no
+credential at all leaves the request anonymous, and the route decides (see api/routing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
+from starlette.requests import HTTPConnection
+
+from agent_service.errors import AppError, Unauthorized
+from agent_service.identity.schemas import Principal
+
+Resolver = Callable[[str], Awaitable[Principal]]
+MAX_HEADER = 4096
+
+
+class AuthUser(BaseUser):
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.email
+
+    @property
+    def identity(self) -> str:
+        return self.principal.user_id
+
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.principal.is_admin
+
+
+class CredentialError(AuthenticationError):
+    """Carries the AppError to render (Starlette's on_error receives this exception)."""
+
+    def __init__(self, error: AppError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+class ApiAuthBackend(AuthenticationBackend):
+    def __init__(self, bearer: Resolver, api_key: Resolver, *, own_auth_paths: frozenset[str] = frozenset()) -> None:
+        self._bearer = bearer
+        self._api_key = api_key
+        self._own_auth = own_auth_paths  # paths that check their own credential (e.g. /metrics)
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        path, root = conn.scope.get("path", ""), conn.scope.get("root_path", "")
+        if (path[len(root):] if root and path.startswith(root) else path) in self._own_auth:
+            return None
+        header = conn.headers.get("authorization")
+        raw_key = conn.headers.get("x-api-key")
+        try:
+            if header is not None:
+                principal = await self._bearer(_bearer_token(header))
+            elif raw_key is not None:
+                if len(raw_key) > MAX_HEADER:
+                    raise Unauthorized("The API key is invalid, expired or revoked.", code="invalid_api_key")
+                principal = await self._api_key(raw_key.strip())
+            else:
+                return None
+        except AppError as exc:
+            raise CredentialError(exc) from None
+        return AuthCredentials(list(principal.scopes)), AuthUser(principal)
+
+
+def _bearer_token(header: str) -> str:
+    if len(header) > MAX_HEADER:
+        raise Unauthorized("The Authorization header is too long.", code="invalid_authorization")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthorized("Use `Authorization: Bearer <token>` or the X-API-Key header.",
+                           code="invalid_authorization")
+    return token

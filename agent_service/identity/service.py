@@ -1,0 +1,136 @@
+"""Sign-in, token rotation, sign-out, and turning a credential into a Principal."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any, Literal
+
+from agent_service.errors import Unauthorized
+from agent_service.identity import keys as key_material
+from agent_service.identity import repository as key_store
+from agent_service.identity import repository as refresh_store
+from agent_service.identity import repository as user_store
+from agent_service.identity.passwords import verify_password_async
+from agent_service.identity.repository import UserRecord
+from agent_service.identity.schemas import SCOPES, USER_SCOPES, Me, Principal, TokenResponse
+from agent_service.identity.tokens import issue_access_token
+from agent_service.kit.deps import Deps
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
+BAD_LOGIN = "Incorrect email or password."
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def user_scopes(user: UserRecord) -> tuple[str, ...]:
+    return SCOPES if "admin" in user.roles else USER_SCOPES
+
+
+def user_tier(deps: Deps, user: UserRecord) -> str:
+    return user.tier or deps.settings.default_tier
+
+
+async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> TokenResponse:
+    now = deps.clock()
+    access, _ = issue_access_token(deps.settings, deps.auth.secret, user_id=user.id, roles=user.roles,
+                                   scopes=user_scopes(user), now=now)
+    refresh = "rt_" + secrets.token_urlsafe(32)
+    created = await refresh_store.create_refresh(
+        deps.db, token_id=uuid.uuid4().hex, family_id=family_id or uuid.uuid4().hex, user_id=user.id,
+        token_hash=_hash(refresh), expires_at=now + timedelta(seconds=deps.settings.refresh_token_ttl), now=now,
+    )
+    if not created:  # the family was revoked (a replay) while this rotation was under way
+        raise Unauthorized("The refresh token is invalid or expired.", code="invalid_refresh_token")
+    return TokenResponse(access_token=access, refresh_token=refresh, expires_in=deps.settings.access_token_ttl)
+
+
+async def login(deps: Deps, email: str, password: str) -> tuple[TokenResponse, UserRecord]:
+    user = await user_store.user_by_email(deps.db, email)
+    ok = await verify_password_async(password, user.password_hash if user else None)
+    if not ok or user is None or not user.is_active:
+        raise Unauthorized(BAD_LOGIN, code="invalid_credentials")
+    return await _issue(deps, user), user
+
+
+async def refresh(deps: Deps, token: str) -> tuple[TokenResponse, UserRecord]:
+    now = deps.clock()
+    record = await refresh_store.refresh_by_hash(deps.db, _hash(token))
+    invalid = Unauthorized("The refresh token is invalid or expired.", code="invalid_refresh_token")
+    if record is None or record.revoked_at is not None or record.expires_at <= now:
+        raise invalid
+    if record.used_at is not None or not await refresh_store.consume_refresh(deps.db, record.id, now=now):
+        # a used token presented again means it was stolen (or replayed): end the whole family
+        revoked = await refresh_store.revoke_family(deps.db, record.family_id, now=now)
+        log.warning("auth.refresh_reuse", family_id=record.family_id, revoked=revoked)
+        raise invalid
+    user = await user_store.get_user(deps.db, record.user_id)
+    if user is None or not user.is_active:
+        raise invalid
+    return await _issue(deps, user, family_id=record.family_id), user
+
+
+async def logout(deps: Deps, principal: Principal, refresh_token: str | None) -> None:
+    if principal.token_jti and principal.token_exp:
+        await deps.auth.verifier.revoke(principal.token_jti, principal.token_exp)
+    if refresh_token:
+        record = await refresh_store.refresh_by_hash(deps.db, _hash(refresh_token))
+        if record is not None and record.user_id == principal.user_id:
+            await refresh_store.revoke_family(deps.db, record.family_id, now=deps.clock())
+
+
+async def principal_from_bearer(deps: Deps, token: str) -> Principal:
+    claims = await deps.auth.verifier.verify(token, now=deps.clock())
+    if claims.get("iss") != deps.settings.jwt_issuer:
+        return _external_principal(deps, claims)
+    user = await user_store.get_user(deps.db, str(claims["sub"]))
+    if user is None or not user.is_active:
+        raise Unauthorized("The account behind this token is not active.", code="inactive_user")
+    return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=user_scopes(user),
+                     tier=user_tier(deps, user), token_jti=str(claims["jti"]), token_exp=int(claims["exp"]))
+
+
+def _external_principal(deps: Deps, claims: dict[str, Any]) -> Principal:
+    # claims from another issuer may have any JSON type: only a list of strings counts as roles
+    raw_roles, email = claims.get("roles"), claims.get("email")
+    roles = tuple(r for r in raw_roles if r in ("user", "admin")) if isinstance(raw_roles, list) else ()
+    roles = roles or ("user",)
+    requested = str(claims.get("scope", "")).split()
+    allowed = SCOPES if "admin" in roles else USER_SCOPES
+    scopes = tuple(s for s in requested if s in allowed) or USER_SCOPES
+    email = email if isinstance(email, str) and email else str(claims["sub"])
+    return Principal(user_id=f"oidc:{claims['sub']}", email=email, roles=roles,
+                     scopes=scopes, tier=deps.settings.default_tier,
+                     token_jti=claims.get("jti"), token_exp=int(claims["exp"]))
+
+
+async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
+    invalid = Unauthorized("The API key is invalid, expired or revoked.", code="invalid_api_key")
+    if not key_material.well_formed(raw):
+        raise invalid
+    key = await key_store.key_by_hash(deps.db, key_material.hash_key(raw))
+    now = deps.clock()
+    if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        raise invalid
+    user = await user_store.get_user(deps.db, key.user_id)
+    if user is None or not user.is_active:
+        raise invalid
+    await key_store.touch_key(deps.db, key.id, now=now)
+    # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`
+    allowed = user_scopes(user)
+    return Principal(user_id=user.id, email=user.email, roles=user.roles,
+                     scopes=tuple(s for s in key.scopes if s in allowed), tier=key.tier, api_key_id=key.id)
+
+
+def me(principal: Principal) -> Me:
+    method: Literal["jwt", "api_key", "oidc"] = (
+        "api_key" if principal.api_key_id else ("oidc" if principal.user_id.startswith("oidc:") else "jwt")
+    )
+    return Me(user_id=principal.user_id, email=principal.email, roles=list(principal.roles),
+              scopes=list(principal.scopes), tier=principal.tier, auth_method=method,
+              api_key_id=principal.api_key_id)

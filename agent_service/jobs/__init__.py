@@ -1,1 +1,0 @@
-"""Jobs: names, payloads, the msgpack serializer, live events, retry policy, queue helpers."""

@@ -1,0 +1,66 @@
+"""API rate limits: per principal and tier (tighter on stream routes), per client IP for login.
+
+Every limited response carries RateLimit-* and X-RateLimit-* headers; over the limit is a 429
+with Retry-After. If Redis is down the limiter fails open for reads (GET) and closed for
+everything else, and logs which.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from agent_service.config import Settings
+from agent_service.errors import ServiceUnavailable, TooManyRequests
+from agent_service.identity.schemas import Principal
+from agent_service.kit.client_ip import client_ip
+from agent_service.kit.deps import Deps
+from agent_service.kit.ratelimit import Limit, headers
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def _limit_for(settings: Settings, kind: str, tier: str) -> Limit:
+    if kind == "login":
+        return Limit(settings.rate_limit_login_per_ip)
+    field = f"rate_limit_{'stream_' if kind == 'stream' else ''}{tier}"
+    return Limit(getattr(settings, field, settings.rate_limit_free))
+
+
+async def check(
+    request: Request, deps: Deps, kind: str, principal: Principal | None, *, local_fallback: bool = False
+) -> dict[str, str]:
+    """The rate-limit headers for this request; raises 429 when over the limit."""
+    settings = deps.settings
+    if not settings.rate_limit_enabled or deps.limiter is None:
+        return {}
+    if kind == "login" or principal is None:
+        who = "ip:" + (client_ip(request.scope, getattr(request.app.state, "trusted_proxies", [])) or "unknown")
+        tier = "ip"
+    else:
+        who = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
+        tier = principal.tier
+    limit = _limit_for(settings, kind, tier)
+    fail_open = request.method in ("GET", "HEAD")
+    key = f"{kind}:{who}"
+    try:
+        decision = await deps.limiter.hit([(key, limit)])
+    except ServiceUnavailable:
+        mode = "open" if fail_open else ("local" if local_fallback else "closed")
+        log.warning("ratelimit.unavailable", failing=mode, path=request.url.path)
+        if fail_open:
+            return {}
+        if not local_fallback:
+            raise ServiceUnavailable("Rate limiting is unavailable right now; try again shortly.",
+                                     code="rate_limiter_unavailable", headers={"Retry-After": "5"}) from None
+        decision = request.app.state.local_limiter.hit(key, limit)
+    hdrs = headers(decision)
+    if not decision.allowed:
+        log.info("ratelimit.rejected", kind=kind, tier=tier, path=request.url.path)
+        if deps.metrics is not None:
+            await deps.metrics.rate_limited(f"{kind}:{tier}")  # api:free, stream:pro, login:ip
+        raise TooManyRequests(
+            f"Rate limit of {limit.limit} requests per minute exceeded; retry in {hdrs['Retry-After']} s.",
+            headers=hdrs,
+        )
+    return hdrs

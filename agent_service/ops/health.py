@@ -1,0 +1,46 @@
+"""Readiness: Redis answers, the database answers, and a worker has sent a fresh heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from redis.exceptions import RedisError
+
+from agent_service.kit.deps import Deps
+from agent_service.kit.schemas import Health, HealthComponent
+from agent_service.tasks.queue import worker_health_key
+
+
+async def _redis(deps: Deps) -> HealthComponent:
+    try:
+        async with asyncio.timeout(2):
+            await deps.redis.ping()
+    except (RedisError, OSError, TimeoutError):
+        return HealthComponent(ok=False, detail="redis unreachable")
+    return HealthComponent(ok=True)
+
+
+async def _database(deps: Deps) -> HealthComponent:
+    try:
+        async with asyncio.timeout(2):
+            await deps.db.fetchone("SELECT 1")
+    except (sqlite3.Error, OSError, TimeoutError):
+        return HealthComponent(ok=False, detail="database unavailable")
+    return HealthComponent(ok=True)
+
+
+async def _worker(deps: Deps) -> HealthComponent:
+    try:
+        async with asyncio.timeout(2):
+            alive = await deps.redis.exists(worker_health_key(deps.settings))
+    except (RedisError, OSError, TimeoutError):
+        return HealthComponent(ok=False, detail="worker heartbeat unknown (redis unreachable)")
+    return HealthComponent(ok=True) if alive else HealthComponent(ok=False, detail="no fresh worker heartbeat")
+
+
+async def readiness(deps: Deps) -> Health:
+    redis, db, worker = await asyncio.gather(_redis(deps), _database(deps), _worker(deps))
+    components = {"redis": redis, "database": db, "worker": worker}
+    ok = all(c.ok for c in components.values())
+    return Health(status="ok" if ok else "unavailable", components=components)

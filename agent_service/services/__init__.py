@@ -1,1 +1,0 @@
-"""Business rules. No Request, no arq ctx: callers pass plain values and a Deps container."""

@@ -1,0 +1,215 @@
+"""The `sessions` table: conversation history per (owner, client-chosen id). SQL in, Structs out.
+
+Every read-modify-write runs inside `db.transaction()` (BEGIN IMMEDIATE), so two exchanges
+recorded at once in one session, from any process, both land: no lost update. A session whose
+`expires_at` has passed counts as gone: the next write starts it afresh under the same id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import aiosqlite
+import msgspec
+
+from agent_service.clock import iso, parse_iso
+from agent_service.errors import ValidationFailed
+from agent_service.kit import pagination as cursors
+from agent_service.kit.db import Database, Row
+from agent_service.sessions.schemas import SessionDetail, SessionMessage, SessionPage, SessionSummary
+
+_SUMMARY_COLUMNS = (
+    "id, agent_id, title, message_count, created_at, updated_at, last_activity, expires_at"
+)
+_UPSERT = (
+    "INSERT INTO sessions (owner_id, id, agent_id, title, messages, message_count, created_at, updated_at,"
+    " last_activity, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (owner_id, id) DO UPDATE SET agent_id = excluded.agent_id, title = excluded.title,"
+    " messages = excluded.messages, message_count = excluded.message_count, created_at = excluded.created_at,"
+    " updated_at = excluded.updated_at, last_activity = excluded.last_activity, expires_at = excluded.expires_at"
+)
+# one short write transaction per batch: the web process never waits long behind the cleanup
+DELETE_BATCH = 500
+
+_messages_decoder = msgspec.json.Decoder(list[SessionMessage])
+_encoder = msgspec.json.Encoder()
+
+
+def _time(value: str) -> datetime:
+    return parse_iso(value)  # type: ignore[return-value]
+
+
+def _summary(row: Row) -> SessionSummary:
+    return SessionSummary(
+        id=row["id"],
+        agent_id=row["agent_id"],
+        title=row["title"],
+        message_count=row["message_count"],
+        created_at=_time(row["created_at"]),
+        updated_at=_time(row["updated_at"]),
+        last_activity=_time(row["last_activity"]),
+        expires_at=_time(row["expires_at"]),
+    )
+
+
+def _detail(row: Row) -> SessionDetail:
+    s = _summary(row)
+    return SessionDetail(
+        id=s.id, agent_id=s.agent_id, title=s.title, message_count=s.message_count, created_at=s.created_at,
+        updated_at=s.updated_at, last_activity=s.last_activity, expires_at=s.expires_at,
+        messages=_messages_decoder.decode(row["messages"]),
+    )
+
+
+def _fresh(session_id: str, agent_id: str, now: datetime, expires_at: datetime) -> SessionDetail:
+    return SessionDetail(
+        id=session_id, agent_id=agent_id, title="", message_count=0, created_at=now, updated_at=now,
+        last_activity=now, expires_at=expires_at, messages=[],
+    )
+
+
+async def _read(tx: aiosqlite.Connection, owner_id: str, session_id: str) -> SessionDetail | None:
+    async with tx.execute("SELECT * FROM sessions WHERE owner_id = ? AND id = ?", (owner_id, session_id)) as cur:
+        row = await cur.fetchone()
+    return _detail(row) if row else None
+
+
+async def _write(tx: aiosqlite.Connection, owner_id: str, s: SessionDetail) -> None:
+    await tx.execute(
+        _UPSERT,
+        (owner_id, s.id, s.agent_id, s.title, _encoder.encode(s.messages).decode(), len(s.messages),
+         iso(s.created_at), iso(s.updated_at), iso(s.last_activity), iso(s.expires_at)),
+    )
+
+
+async def get(db: Database, owner_id: str, session_id: str) -> SessionDetail | None:
+    """The stored row, expired or not (the caller decides what expiry means)."""
+    row = await db.fetchone("SELECT * FROM sessions WHERE owner_id = ? AND id = ?", (owner_id, session_id))
+    return _detail(row) if row else None
+
+
+async def open_session(
+    db: Database, *, owner_id: str, session_id: str, agent_id: str, now: datetime, expires_at: datetime
+) -> SessionDetail:
+    """Create the session, restart it if it has expired, or just mark it active; returns it."""
+    async with db.transaction() as tx:
+        current = await _read(tx, owner_id, session_id)
+        if current is None or current.expires_at <= now:
+            current = _fresh(session_id, agent_id, now, expires_at)
+            await _write(tx, owner_id, current)
+            return current
+        current.agent_id, current.last_activity, current.expires_at = agent_id, now, expires_at
+        # a touch leaves the (possibly large) message list as it is
+        await tx.execute(
+            "UPDATE sessions SET agent_id = ?, last_activity = ?, expires_at = ? WHERE owner_id = ? AND id = ?",
+            (agent_id, iso(now), iso(expires_at), owner_id, session_id),
+        )
+    return current
+
+
+async def append(
+    db: Database,
+    *,
+    owner_id: str,
+    session_id: str,
+    agent_id: str,
+    messages: list[SessionMessage],
+    title: str,
+    now: datetime,
+    expires_at: datetime,
+    max_messages: int,
+) -> SessionDetail:
+    """Add `messages`, keeping the newest `max_messages`. A missing or expired session is started
+    afresh with them; `title` is used only while the session has none."""
+    async with db.transaction() as tx:
+        current = await _read(tx, owner_id, session_id)
+        if current is None or current.expires_at <= now:
+            current = _fresh(session_id, agent_id, now, expires_at)
+        kept = [*current.messages, *messages][-max_messages:] if max_messages > 0 else []
+        current.messages, current.message_count = kept, len(kept)
+        current.title = current.title or title
+        current.agent_id, current.updated_at, current.last_activity, current.expires_at = (
+            agent_id, now, now, expires_at,
+        )
+        await _write(tx, owner_id, current)
+    return current
+
+
+def _bad_cursor() -> ValidationFailed:
+    return ValidationFailed("The cursor is not valid.", errors=[{"path": "$.cursor", "message": "Invalid cursor"}])
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    activity, session_id = cursors.decode(cursor, 2)
+    if not isinstance(activity, str) or not isinstance(session_id, str):
+        raise _bad_cursor()
+    try:
+        parsed = datetime.fromisoformat(activity)
+    except ValueError:
+        raise _bad_cursor() from None
+    if parsed.tzinfo is None:
+        raise _bad_cursor()
+    # re-normalised so that string order in SQL is time order, whatever the client sent back
+    return iso(parsed) or activity, session_id
+
+
+async def list_page(
+    db: Database, owner_id: str, *, now: datetime, limit: int, cursor: str | None = None
+) -> SessionPage:
+    """The owner's live sessions, most recently active first (ties by id, descending)."""
+    params: list[str | int] = [owner_id, iso(now) or ""]
+    sql = f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE owner_id = ? AND expires_at > ?"
+    if cursor is not None:
+        activity, session_id = _decode_cursor(cursor)
+        sql += " AND (last_activity < ? OR (last_activity = ? AND id < ?))"
+        params += [activity, activity, session_id]
+    rows = await db.fetchall(sql + " ORDER BY last_activity DESC, id DESC LIMIT ?", (*params, limit + 1))
+    items = [_summary(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = cursors.encode(last["last_activity"], last["id"])
+    return SessionPage(items=items, next_cursor=next_cursor)
+
+
+async def delete(db: Database, owner_id: str, session_id: str, *, live_at: datetime | None = None) -> bool:
+    """True if a row went. With `live_at`, an already-expired session is left to the cleanup job
+    and reported as not there."""
+    if live_at is None:
+        return await db.execute("DELETE FROM sessions WHERE owner_id = ? AND id = ?", (owner_id, session_id)) > 0
+    changed = await db.execute(
+        "DELETE FROM sessions WHERE owner_id = ? AND id = ? AND expires_at > ?", (owner_id, session_id, iso(live_at))
+    )
+    return changed > 0
+
+
+async def delete_expired(db: Database, now: datetime, *, batch_size: int = DELETE_BATCH) -> int:
+    """Delete every session with `expires_at <= now`, `batch_size` rows per transaction."""
+    cutoff = iso(now)
+    total = 0
+    while True:
+        keys = await db.fetchall(
+            "SELECT owner_id, id FROM sessions WHERE expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (cutoff, batch_size),
+        )
+        if not keys:
+            return total
+        async with db.transaction() as tx:
+            # re-checked per row: a session used again since the SELECT is live and stays
+            cur = await tx.executemany(
+                "DELETE FROM sessions WHERE owner_id = ? AND id = ? AND expires_at <= ?",
+                [(k["owner_id"], k["id"], cutoff) for k in keys],
+            )
+            total += max(cur.rowcount, 0)
+            await cur.close()
+        if len(keys) < batch_size:
+            return total
+
+
+async def held_by_another(db: Database, owner_id: str, session_id: str, *, now: datetime) -> bool:
+    """A live session with this id belongs to someone else (session ids are the client's choice)."""
+    row = await db.fetchone(
+        "SELECT 1 FROM sessions WHERE id = ? AND owner_id != ? AND expires_at > ? LIMIT 1",
+        (session_id, owner_id, iso(now)),
+    )
+    return row is not None

@@ -1,0 +1,44 @@
+"""Conversation session bodies: the stored messages, list summaries and the full session."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from agent_service.kit.schemas import PageQuery
+
+# the longest `session_id` an invocation accepts (schemas.agents.SessionId)
+MAX_SESSION_ID_LENGTH = 128
+MAX_TITLE_LENGTH = 80
+
+
+class SessionMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    created_at: datetime
+
+
+class SessionSummary(msgspec.Struct, kw_only=True):
+    id: str
+    agent_id: str
+    title: str
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+    last_activity: datetime
+    expires_at: datetime
+
+
+class SessionDetail(SessionSummary, kw_only=True):
+    messages: list[SessionMessage] = msgspec.field(default_factory=list)
+
+
+class SessionPage(msgspec.Struct, kw_only=True):
+    items: list[SessionSummary]
+    next_cursor: str | None
+
+
+class SessionQuery(PageQuery):
+    """`GET /sessions`: page size and the opaque `next_cursor` of the previous page."""

@@ -1,1 +1,0 @@
-"""SQL storage: one aiosqlite connection per process, numbered migrations, one module per table."""

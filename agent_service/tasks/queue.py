@@ -1,0 +1,127 @@
+"""Enqueue helpers and result lookup over arq, shared by the web process and scripts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import (
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio import ConnectionPool
+
+from agent_service.config import Settings
+from agent_service.kit import serializer
+from agent_service.kit.redis import redis_guard
+
+# the connection type services hold, named here so they need not import arq
+QueueConnection = ArqRedis
+
+
+def worker_health_key(settings: Settings) -> str:
+    """arq's heartbeat key: written every WORKER_HEALTH_INTERVAL, expiring one second later."""
+    return settings.queue_name + health_check_key_suffix
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set (run `python -m agent_service dev` for an embedded server)")
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def connect(settings: Settings) -> ArqRedis:
+    """A lazily-connecting pool: the web process starts (and serves sync invokes) with Redis down."""
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set")
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=serializer.serialize,
+        job_deserializer=serializer.deserialize,
+        default_queue_name=settings.queue_name,
+    )
+
+
+# Remove a job that has not started: atomic, so a worker cannot pick it up halfway.
+_DEQUEUE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('DEL', KEYS[2], KEYS[4]) end
+return removed
+"""
+
+
+class JobQueue:
+    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+        self.redis = redis
+        self._queue_name = settings.queue_name
+        self._dequeue = redis.register_script(_DEQUEUE)
+
+    @redis_guard
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    @redis_guard
+    async def enqueue(
+        self, function: str, payload: msgspec.Struct | dict[str, Any], *, job_id: str,
+        defer_until: datetime | None = None, defer_by: float | None = None,
+    ) -> bool:
+        """Queue `function(payload)` under `job_id`; False if a job with that id already exists."""
+        arg = msgspec.to_builtins(payload) if isinstance(payload, msgspec.Struct) else payload
+        job = await self.redis.enqueue_job(
+            function, arg, _job_id=job_id, _queue_name=self._queue_name,
+            _defer_until=defer_until, _defer_by=timedelta(seconds=defer_by) if defer_by else None,
+        )
+        return job is not None
+
+    @redis_guard
+    async def dequeue(self, job_id: str) -> bool:
+        """Take a queued or deferred (not running) job off the queue; True if it will never start."""
+        keys = [self._queue_name, job_key_prefix + job_id, in_progress_key_prefix + job_id, retry_key_prefix + job_id]
+        return bool(await self._dequeue(keys=keys, args=[job_id]))
+
+    @redis_guard
+    async def forget(self, job_id: str) -> None:
+        """Drop a finished job's kept result so the same id can be queued again."""
+        await self.redis.delete(result_key_prefix + job_id, retry_key_prefix + job_id)
+
+    @redis_guard
+    async def depth(self, *, now_ms: int) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self._queue_name, "-inf", now_ms)
+        pipe.zcount(self._queue_name, f"({now_ms}", "+inf")
+        due, deferred = await pipe.execute()
+        # arq keeps a running job in the queue until it ends: those are in progress, not queued
+        running = 0
+        async for _ in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=500):
+            running += 1
+        return {"queued": max(0, int(due) - running), "deferred": int(deferred), "running": running}
+
+
+SHIFT_SECONDS = {"high": 60.0, "normal": 30.0, "low": 0.0}
+STARVATION_BOUND_SECONDS = max(SHIFT_SECONDS.values()) - min(SHIFT_SECONDS.values())
+
+
+def schedule(priority: str, run_at: datetime | None) -> tuple[datetime | None, float | None]:
+    """(defer_until, defer_by) for arq's enqueue_job."""
+    if run_at is not None:
+        return run_at, None
+    shift = SHIFT_SECONDS[priority]
+    return None, (-shift if shift else None)
+
+
+INVOKE_AGENT = "invoke_agent_async"
+INVOKE_AGENT_STREAMING = "invoke_agent_with_streaming"
+
+KIND_INVOKE = "invoke"
+KIND_STREAM = "stream"
+
+JOB_FOR_KIND = {KIND_INVOKE: INVOKE_AGENT, KIND_STREAM: INVOKE_AGENT_STREAMING}

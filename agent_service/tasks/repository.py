@@ -1,0 +1,166 @@
+"""The `tasks` table: the durable record of each background invocation (SQL in, Structs out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from agent_service.clock import iso, parse_iso
+from agent_service.kit.db import Database, Row
+from agent_service.kit.pagination import KEYSET_SQL, keyset_params
+
+_FINISHED = "('SUCCESS', 'FAILURE', 'REVOKED')"
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    id: str
+    owner_id: str | None
+    agent_id: str | None
+    kind: str
+    state: str
+    tries: int
+    error: str | None
+    request_id: str | None
+    session_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    next_retry_at: datetime | None
+    payload: str | None = None
+    scheduled_for: datetime | None = None
+    priority: str | None = None
+
+
+def _record(row: Row) -> TaskRecord:
+    return TaskRecord(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        agent_id=row["agent_id"],
+        kind=row["kind"],
+        state=row["state"],
+        tries=row["tries"],
+        error=row["error"],
+        request_id=row["request_id"],
+        session_id=row["session_id"],
+        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=parse_iso(row["updated_at"]),  # type: ignore[arg-type]
+        started_at=parse_iso(row["started_at"]),
+        completed_at=parse_iso(row["completed_at"]),
+        next_retry_at=parse_iso(row["next_retry_at"]),
+        payload=row["payload"],
+        scheduled_for=parse_iso(row["scheduled_for"]),
+        priority=row["priority"],
+    )
+
+
+async def create(
+    db: Database,
+    *,
+    task_id: str,
+    kind: str,
+    agent_id: str | None,
+    owner_id: str | None,
+    request_id: str | None,
+    session_id: str | None,
+    now: datetime,
+    payload: str | None = None,
+    scheduled_for: datetime | None = None,
+    priority: str | None = None,
+) -> None:
+    await db.execute(
+        "INSERT INTO tasks (id, owner_id, agent_id, kind, state, tries, request_id, session_id,"
+        " created_at, updated_at, payload, scheduled_for, priority)"
+        " VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?)",
+        (task_id, owner_id, agent_id, kind, request_id, session_id, iso(now), iso(now), payload,
+         iso(scheduled_for), priority),
+    )
+
+
+async def delete(db: Database, task_id: str) -> None:
+    await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+
+
+async def get(db: Database, task_id: str) -> TaskRecord | None:
+    row = await db.fetchone("SELECT * FROM tasks WHERE id = ?", (task_id,))
+    return _record(row) if row else None
+
+
+async def mark_started(db: Database, task_id: str, *, tries: int, now: datetime) -> bool:
+    """STARTED for this try; a finished task is left alone (at-least-once re-delivery)."""
+    changed = await db.execute(
+        "UPDATE tasks SET state = 'STARTED', tries = ?, started_at = COALESCE(started_at, ?),"
+        f" updated_at = ?, next_retry_at = NULL WHERE id = ? AND state NOT IN {_FINISHED}",
+        (tries, iso(now), iso(now), task_id),
+    )
+    return changed > 0
+
+
+async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: datetime, now: datetime) -> None:
+    await db.execute(
+        "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?"
+        f" WHERE id = ? AND state NOT IN {_FINISHED}",
+        (error, iso(retry_at), iso(now), task_id),
+    )
+
+
+async def mark_finished(
+    db: Database, task_id: str, *, state: str, error: str | None, now: datetime
+) -> bool:
+    """SUCCESS / FAILURE / REVOKED. The first finish wins; later ones change nothing."""
+    changed = await db.execute(
+        "UPDATE tasks SET state = ?, error = ?, completed_at = ?, updated_at = ?, next_retry_at = NULL"
+        f" WHERE id = ? AND state NOT IN {_FINISHED}",
+        (state, error, iso(now), iso(now), task_id),
+    )
+    return changed > 0
+
+
+async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
+    """A failed or cancelled task back to PENDING for another run (admin retry)."""
+    changed = await db.execute(
+        "UPDATE tasks SET state = 'PENDING', tries = 0, error = NULL, started_at = NULL, completed_at = NULL,"
+        " next_retry_at = NULL, updated_at = ? WHERE id = ? AND state IN ('FAILURE', 'REVOKED')",
+        (iso(now), task_id),
+    )
+    return changed > 0
+
+
+async def list_page(
+    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int,
+    before: tuple[str, str] | None,
+) -> list[TaskRecord]:
+    """Newest first. `owner_id=None` lists everyone's (admins)."""
+    where: list[str] = []
+    params: list[str | int] = []
+    for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append(KEYSET_SQL)
+        params += keyset_params(before)
+    sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = await db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
+    return [_record(r) for r in rows]
+
+
+async def count_by_state(db: Database) -> dict[str, int]:
+    rows = await db.fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def recent_failures(db: Database, *, limit: int) -> list[TaskRecord]:
+    rows = await db.fetchall(
+        "SELECT * FROM tasks WHERE state = 'FAILURE' ORDER BY completed_at DESC LIMIT ?", (limit,)
+    )
+    return [_record(r) for r in rows]
+
+
+async def finished_since(db: Database, since: datetime) -> list[tuple[str, str]]:
+    """(completed_at, state) of every task finished since `since`: throughput and failure rates."""
+    rows = await db.fetchall(
+        "SELECT completed_at, state FROM tasks WHERE completed_at >= ? ORDER BY completed_at", (iso(since),)
+    )
+    return [(r[0], r[1]) for r in rows]
