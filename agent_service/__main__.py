@@ -22,7 +22,7 @@ from agent_service.kit.db import Database
 from agent_service.kit.fast_worker import FastWorker
 from agent_service.kit.migrations import migrate
 from agent_service.logging import configure_logging
-from agent_service.worker_settings import build_worker_settings
+from agent_service.worker import build_worker_settings
 
 
 def _web(settings: Settings) -> int:

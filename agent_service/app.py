@@ -1,4 +1,5 @@
-"""The Starlette application. The lifespan owns the database, the Redis pool and HTTP clients."""
+"""The Starlette application: composes every domain's routes, the middleware and the lifespan that
+owns the process's Deps (database, Redis, HTTP client, the audit writer…)."""
 
 from __future__ import annotations
 
@@ -11,41 +12,31 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import Mount
 
-from agent_service.agents import endpoints as agents
-from agent_service.audit import endpoints as audit_logs
+from agent_service.audit import endpoints as audit
+from agent_service.audit import service as audit_service
+from agent_service.compose import api_routes, provide_parts
 from agent_service.config import Settings, load_settings
-from agent_service.identity import endpoints as api_keys
-from agent_service.identity import endpoints as auth
-from agent_service.identity import endpoints as users
-from agent_service.identity import service as identity
+from agent_service.identity import service as identity_service
 from agent_service.identity.auth_backend import ApiAuthBackend, CredentialError
 from agent_service.identity.schemas import Principal
 from agent_service.identity.tokens import resolve_secret
+from agent_service.kit import api_limits
 from agent_service.kit.client_ip import parse_trusted
 from agent_service.kit.deps import open_deps
 from agent_service.kit.endpoint import WWW_AUTHENTICATE
 from agent_service.kit.middleware import RequestContextMiddleware
-from agent_service.kit.openapi import builder as spec
-from agent_service.kit.openapi import docs_pages
+from agent_service.kit.openapi import builder, docs_pages
 from agent_service.kit.problems import EXCEPTION_HANDLERS, problem
 from agent_service.kit.ratelimit import LocalLimiter
 from agent_service.logging import configure_logging, get_logger
-from agent_service.ops import dashboard, metrics
-from agent_service.ops import health_endpoints as health
-from agent_service.sessions import endpoints as sessions
-from agent_service.tasks import admin_endpoints as jobs
-from agent_service.tasks import endpoints as tasks
+from agent_service.ops import dashboard_endpoints as dashboard
+from agent_service.ops import endpoints as ops
+from agent_service.ops.metrics import HttpMetrics
 
 API_PREFIX = "/api/v1"
 log = get_logger(__name__)
-
-
-def api_routes() -> list[BaseRoute]:
-    # tasks before agents: "/agents/tasks/..." must not be taken for an agent id
-    return [*tasks.routes, *agents.routes, *auth.routes, *users.routes, *api_keys.routes, *jobs.routes,
-            *audit_logs.routes, *sessions.routes]
 
 
 def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -65,36 +56,38 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.deps = await open_deps(settings, with_auth=True)
+        deps = await open_deps(settings)
+        provide_parts(deps)
+        await audit_service.start_writer(deps)
+        app.state.deps = deps
         log.info("web.started", env=settings.app_env)
         try:
             yield
         finally:
-            await app.state.deps.aclose()
+            await deps.aclose()
 
-    trusted = parse_trusted(settings.trusted_proxies)
     app = Starlette(
-        routes=[*health.routes, *spec.routes, *docs_pages.routes, *dashboard.routes, *metrics.routes,
+        routes=[*ops.routes, *builder.routes, *docs_pages.routes, *dashboard.routes,
                 Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
-
-    app.state.trusted_proxies = trusted
-    app.state.http_metrics = metrics.HttpMetrics()
+    app.state.trusted_proxies = parse_trusted(settings.trusted_proxies)
+    app.state.http_metrics = HttpMetrics()
     app.state.local_limiter = LocalLimiter()
+    app.state.limit_check = api_limits.check
 
     async def bearer(token: str) -> Principal:
-        return await identity.principal_from_bearer(app.state.deps, token)
+        return await identity_service.principal_from_bearer(app.state.deps, token)
 
     async def api_key(raw: str) -> Principal:
-        return await identity.principal_from_api_key(app.state.deps, raw)
+        return await identity_service.principal_from_api_key(app.state.deps, raw)
 
     # /metrics checks its own token; the token endpoint takes credentials in its body, and OAuth2
     # clients (the docs' Authorize button) also send their client id as `Authorization: Basic`
     own_auth = frozenset({"/metrics", f"{API_PREFIX}/auth/token"})
     app.user_middleware = [
-        Middleware(RequestContextMiddleware),
+        Middleware(RequestContextMiddleware, on_finish=[audit.record_request]),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,
                    backend=ApiAuthBackend(bearer, api_key, own_auth_paths=own_auth)),
     ]

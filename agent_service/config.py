@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- stores --------------------------------------------------------------------------
     redis_url: str | None = None  # None: `dev` starts an embedded server
+    redis_key_prefix: str = "agent-service:"  # every key the project owns (arq's own keys aside)
     database_path: str = "var/agent_service.db"
     db_busy_timeout_ms: PositiveInt = 5000
 

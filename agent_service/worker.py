@@ -1,10 +1,71 @@
-"""arq entry point: `arq agent_service.worker.WorkerSettings`.
-
-Agent jobs and the cron maintenance jobs run in this one process. `python -m agent_service
-worker` runs the same settings on FastWorker, which starts the next job as soon as a slot frees.
+"""The worker entry point: `arq agent_service.worker.WorkerSettings` (the Procfile), or
+`python -m agent_service worker`, which runs the same settings on FastWorker (it starts the next
+job as soon as a slot frees). Agent jobs and the maintenance crons run in this one process.
 """
 
-from agent_service.config import load_settings
-from agent_service.worker_settings import build_worker_settings
+from __future__ import annotations
 
-WorkerSettings = build_worker_settings(load_settings())
+import asyncio
+import contextlib
+from typing import Any
+
+from agent_service.audit import service as audit_service
+from agent_service.compose import MAINTENANCE, provide_parts
+from agent_service.config import Settings, load_settings
+from agent_service.errors import AppError
+from agent_service.kit import serializer
+from agent_service.kit.deps import Deps, open_deps
+from agent_service.kit.metrics import WorkerStats
+from agent_service.kit.redis import redis_settings
+from agent_service.logging import configure_logging
+from agent_service.ops.workers import WorkerBoard, heartbeat
+from agent_service.tasks import jobs
+
+
+def build_worker_settings(settings: Settings) -> type:
+    """A WorkerSettings class for `settings` (tests build one per temporary environment)."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        configure_logging(settings, process="worker")
+        deps = await open_deps(settings, redis=ctx["redis"])
+        provide_parts(deps)
+        await audit_service.start_writer(deps)
+        deps.stats = WorkerStats()
+        ctx["deps"] = deps
+        ctx["heartbeat"] = asyncio.create_task(heartbeat(deps, settings.worker_health_interval))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps: Deps | None = ctx.get("deps")
+        beat: asyncio.Task[None] | None = ctx.get("heartbeat")
+        if beat is not None:
+            beat.cancel()
+        if deps is not None:
+            if deps.stats is not None:
+                with contextlib.suppress(AppError):
+                    await WorkerBoard.of(deps).remove(deps.stats.worker_id)
+            await deps.aclose(close_redis=False)  # arq closes its own pool
+
+    attrs = {
+        "functions": jobs.agent_functions(settings),
+        "cron_jobs": jobs.maintenance_crons(settings, MAINTENANCE),
+        "redis_settings": redis_settings(settings) if settings.redis_url else None,
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.worker_max_jobs,
+        "poll_delay": settings.worker_poll_delay,
+        "health_check_interval": settings.worker_health_interval,
+        "keep_result": 0,
+        "job_serializer": serializer.serialize,
+        "job_deserializer": serializer.deserialize,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "handle_signals": True,
+    }
+    return type("WorkerSettings", (), attrs)
+
+
+def __getattr__(name: str) -> Any:
+    # `arq agent_service.worker.WorkerSettings` reads this; built on first access so importing
+    # the module (tests, `python -m agent_service worker`) does not read the environment
+    if name == "WorkerSettings":
+        return build_worker_settings(load_settings())
+    raise AttributeError(name)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
-from agent_service.agents.base import AgentInput, AgentOutput
+from agent_service.agents.schemas import AgentInput, AgentOutput
 
 
 class StubbornAgent:
@@ -46,5 +47,7 @@ class EndlessAgent:
         finally:
             marker = data.metadata.get("marker")
             if isinstance(marker, str):
-                with open(marker, "w") as fh:
+                # written aside and renamed into place: the marker never exists half-written
+                with open(marker + ".tmp", "w") as fh:
                     fh.write(f"closed after {i}")
+                os.replace(marker + ".tmp", marker)

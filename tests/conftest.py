@@ -26,7 +26,7 @@ from agent_service.identity import accounts as api_keys
 from agent_service.identity import accounts as users
 from agent_service.identity.schemas import SCOPES, USER_SCOPES, UserCreate
 from agent_service.kit.fast_worker import FastWorker
-from agent_service.worker_settings import build_worker_settings
+from agent_service.worker import build_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import httpx
 
+from agent_service.audit.service import writer as audit_writer
 from agent_service.config import Settings
 from tests.conftest import Client, add_user, app_client
 
 
 async def entries(client: Client, admin: dict[str, str], **params: Any) -> list[dict[str, Any]]:
-    await client.app.state.deps.audit.flush()
+    await audit_writer(client.app.state.deps).flush()
     resp = await client.get("/api/v1/audit-logs", params={"limit": 200, **params}, headers=admin)
     assert resp.status_code == 200, resp.text
     return resp.json()["items"]  # type: ignore[no-any-return]

@@ -357,7 +357,7 @@ async def test_revoked_jti_after_logout_is_401_at_once(client: Client, alice: Pe
     assert_problem(resp, 401, "invalid_refresh_token")
     # the entry lives in Redis only as long as the token would have
     _, payload, _ = split(alice.tokens["access_token"])
-    ttl = await client.app.state.deps.redis.ttl(f"auth:revoked:{payload['jti']}")
+    ttl = await client.app.state.deps.redis.ttl(f"{client.app.state.deps.prefix}auth:revoked:{payload['jti']}")
     assert 0 < ttl <= payload["exp"] - int(time.time()) + 1
     # other sessions and the API key are unaffected
     assert (await me(client, alice.api_key))["user_id"] == alice.user_id

@@ -83,7 +83,7 @@ def test_sse_stream_over_http(live_service: Live) -> None:
         text = "".join(resp.iter_text())
     blocks = [b for b in text.split("\n\n") if b]
     assert [b.split("\n")[0] for b in blocks] == ["event: chunk"] * 3 + ["event: done"]
-    assert 'data: {"index":0,"content":"one "}' in blocks[0] and "id: 0" in blocks[0]
+    assert 'data: {"type":"chunk","index":0,"content":"one "}' in blocks[0] and "id: 0" in blocks[0]
 
 
 def test_client_disconnect_stops_the_agent(live_service: Live, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 import pytest
 
-from agent_service.agents.base import AgentInput, InvalidAgentInput, PermanentAgentError, TransientAgentError
 from agent_service.agents.echo import EchoAgent
 from agent_service.agents.registry import AgentRegistry
+from agent_service.agents.schemas import AgentInput, InvalidAgentInput, PermanentAgentError, TransientAgentError
 from agent_service.config import load_settings
 from agent_service.errors import ConfigError
 

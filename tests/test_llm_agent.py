@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_service.agents.base import (
+from agent_service.agents.llm import SimpleLLMAgent
+from agent_service.agents.schemas import (
     AgentInput,
     AgentUnavailable,
     ChatMessage,
@@ -19,7 +20,6 @@ from agent_service.agents.base import (
     StreamMeta,
     TransientAgentError,
 )
-from agent_service.agents.llm import SimpleLLMAgent
 from agent_service.config import load_settings
 from tests.fake_openai import FakeOpenAI, error, iter_fake_openai, reply, slow, slow_stream, stream_error
 

@@ -17,7 +17,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_service.tasks.housekeeping import REVOKED_PREFIX, cleanup_temp_files, cleanup_token_blacklist
+from agent_service.identity.jobs import cleanup_token_blacklist
+from agent_service.identity.tokens import revoked_prefix
+from agent_service.kit.tempfiles import cleanup_temp_files
+
+KEY_PREFIX = "agent-service:"
+REVOKED_PREFIX = revoked_prefix(KEY_PREFIX)
 
 NOW = datetime(2030, 6, 1, 3, 0, tzinfo=UTC)
 OLD = (NOW - timedelta(hours=30)).timestamp()
@@ -164,7 +169,7 @@ async def test_file_that_cannot_be_removed_is_counted_not_fatal(tmp_path: Path) 
 _AS_NOBODY = """
 import asyncio, concurrent.futures.thread, json, os, sys
 from datetime import datetime
-from agent_service.tasks.housekeeping import cleanup_temp_files
+from agent_service.kit.tempfiles import cleanup_temp_files
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 now = datetime.fromisoformat(sys.argv[2])
 print(json.dumps(asyncio.run(cleanup_temp_files(sys.argv[1], 24, now, clock=lambda: now))))
@@ -229,7 +234,7 @@ async def test_blacklist_removes_expired_keeps_live_and_restores_ttl(redis: Redi
     await redis.hset(key("wrong-type"), "a", "b")  # type: ignore[misc]
     await redis.set("unrelated:key", str(ts - 60))
 
-    result = await cleanup_token_blacklist(redis, now, clock=lambda: now)
+    result = await cleanup_token_blacklist(redis, now, key_prefix=KEY_PREFIX, clock=lambda: now)
     assert {k: result[k] for k in ("scanned", "removed", "remaining", "ttl_restored", "status")} == {
         "scanned": 6, "removed": 3, "remaining": 3, "ttl_restored": 1, "status": "success",
     }
@@ -242,7 +247,7 @@ async def test_blacklist_removes_expired_keeps_live_and_restores_ttl(redis: Redi
     assert await redis.ttl(key("garbage-ttl")) > 0
     assert await redis.exists("unrelated:key")
 
-    again = await cleanup_token_blacklist(redis, now)
+    again = await cleanup_token_blacklist(redis, now, key_prefix=KEY_PREFIX)
     assert (again["removed"], again["remaining"], again["ttl_restored"]) == (0, 3, 0)
 
 
@@ -251,7 +256,7 @@ async def test_blacklist_uses_the_injected_time(redis: Redis) -> None:
     exp = int(now.timestamp()) + 3600
     await redis.set(REVOKED_PREFIX + "j", str(exp), exat=exp)
     later = now + timedelta(hours=2)  # the token has expired by then: its entry may go
-    result = await cleanup_token_blacklist(redis, later)
+    result = await cleanup_token_blacklist(redis, later, key_prefix=KEY_PREFIX)
     assert (result["removed"], result["remaining"]) == (1, 0)
 
 
@@ -268,7 +273,7 @@ async def test_blacklist_scans_many_pages_without_keys(redis: Redis) -> None:
     await pipe.execute()
     await redis.config_resetstat()
 
-    result = await cleanup_token_blacklist(redis, now, scan_count=100)
+    result = await cleanup_token_blacklist(redis, now, key_prefix=KEY_PREFIX, scan_count=100)
     assert (result["scanned"], result["removed"], result["remaining"]) == (2200, 1500, 700)
     assert await redis.dbsize() == 1000
     stats = await redis.info("commandstats")

@@ -12,8 +12,9 @@ from typing import Any
 
 from arq.constants import in_progress_key_prefix, result_key_prefix
 
+from agent_service.audit.service import writer as audit_writer
 from agent_service.config import Settings
-from agent_service.worker_settings import build_worker_settings
+from agent_service.worker import build_worker_settings
 from tests.conftest import add_user, app_client, wait_for
 from tests.test_jobs import finished
 
@@ -53,7 +54,7 @@ async def test_trigger_over_http_answers_in_task_shape(make_settings, start_work
         # the worker writes its own audit entry for the run (actor: system), within a flush interval
 
         async def system_entry() -> bool:
-            await client.app.state.deps.audit.flush()
+            await audit_writer(client.app.state.deps).flush()
             rows = (await client.get("/api/v1/audit-logs", params={"resource_type": "maintenance"})).json()["items"]
             return any(r["actor"] == "system" and r["resource_id"] == "cleanup_temp_files" for r in rows)
 

@@ -20,7 +20,8 @@ from agent_service.app import create_app
 from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
 from agent_service.kit.metrics import DURATION_BUCKETS, LATENCY_BUCKETS, JobMetrics
-from agent_service.ops.metrics import CONTENT_TYPE, UNMATCHED, HttpMetrics, route_template
+from agent_service.kit.middleware import UNMATCHED, route_template
+from agent_service.ops.metrics import CONTENT_TYPE, HttpMetrics
 from agent_service.tasks import queue as names
 from tests.conftest import Client, app_client, wait_for
 
@@ -112,7 +113,8 @@ async def test_counts_add_up_across_processes(settings: Settings, redis_url: str
     """Two workers' JobMetrics on their own connections add into the same numbers."""
     workers = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
     try:
-        await asyncio.gather(*(JobMetrics(r).event("started", INVOKE) for r in workers for _ in range(5)))
+        metrics = [JobMetrics(r, prefix=settings.redis_key_prefix) for r in workers]
+        await asyncio.gather(*(m.event("started", INVOKE) for m in metrics for _ in range(5)))
         async with app_client(settings, authenticated=False) as c:
             assert value(await scrape(c), "agent_jobs_started_total", job=INVOKE) == 10
     finally:
@@ -122,7 +124,7 @@ async def test_counts_add_up_across_processes(settings: Settings, redis_url: str
 
 async def test_redis_down_never_breaks_a_job_and_metrics_still_render(settings: Settings) -> None:
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.2)
-    m = JobMetrics(dead)
+    m = JobMetrics(dead, prefix=settings.redis_key_prefix)
     try:
         await m.event("started", INVOKE)
         await m.event("succeeded", INVOKE, duration=1.0)

@@ -11,6 +11,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from agent_service.kit.endpoint import Public, Scoped
 from agent_service.kit.openapi.builder import walk
 from tests.conftest import Client, add_user
 
@@ -82,26 +83,27 @@ async def test_public_operations_and_streams(spec: dict[str, Any]) -> None:
 
 
 async def test_each_operation_matches_its_route_metadata(client: Client, spec: dict[str, Any]) -> None:
-    """Public-ness, schemes, scope, bodies and streams as declared by each endpoint's operation(...)."""
-    for path, method, endpoint in walk(list(client.app.routes)):
-        meta, op, where = endpoint.__openapi__, spec["paths"][path][method], f"{method.upper()} {path}"
-        if meta["public"]:
+    """Public-ness, schemes, scope, bodies and streams as declared by each route's typed EndpointSpec."""
+    for path, method, endpoint_spec in walk(list(client.app.routes)):
+        docs, op, where = endpoint_spec.docs, spec["paths"][path][method], f"{method.upper()} {path}"
+        scope = endpoint_spec.auth.scope if isinstance(endpoint_spec.auth, Scoped) else None
+        if isinstance(endpoint_spec.auth, Public):
             assert op["security"] == [], where
         else:
             assert {"bearerAuth", "apiKeyAuth", "oauth2Password"} <= {k for s in op["security"] for k in s}, where
-        if meta["scope"]:
-            assert f"`{meta['scope']}`" in op["description"], where
-        if meta["request"] is not None:
+        if scope:
+            assert f"`{scope}`" in op["description"], where
+        if docs.request is not None:
             body = op["requestBody"]["content"]["application/json"]
-            assert body["schema"] == {"$ref": f"#/components/schemas/{meta['request'].__name__}"} and body["examples"]
-        ok = op["responses"][str(meta["status"])]
-        if meta["streams"]:
+            assert body["schema"] == {"$ref": f"#/components/schemas/{docs.request.__name__}"} and body["examples"]
+        ok = op["responses"][str(docs.status)]
+        if docs.events:
             assert "text/event-stream" in ok["content"], where
-        elif meta["response"] is not None:
-            assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/" + meta["response"].__name__)
-        for code in meta["errors"]:
+        elif docs.response is not None:
+            assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/" + docs.response.__name__)
+        for code in docs.errors:
             assert "application/problem+json" in op["responses"][str(code)]["content"], (where, code)
-        if meta["rate_limit"]:
+        if endpoint_spec.limits is not None:
             assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(ok.get("headers", {})), where
             assert "429" in op["responses"], where
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent_service.agents.base import ChatMessage
 from agent_service.config import Settings
 from agent_service.errors import NotFound, ValidationFailed
 from agent_service.kit import pagination as cursors
 from agent_service.kit.db import Database
 from agent_service.kit.migrations import migrate
 from agent_service.sessions import repository as session_store
-from agent_service.sessions.schemas import SessionQuery
+from agent_service.sessions.jobs import cleanup_expired_sessions
+from agent_service.sessions.schemas import ChatMessage, SessionQuery
 from agent_service.sessions.service import SessionService, make_title
-from agent_service.tasks.housekeeping import cleanup_expired_sessions
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent_service.agents.base import (
+from agent_service.agents.schemas import (
     AgentInput,
     AgentOutput,
     InvalidAgentInput,

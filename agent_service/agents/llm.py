@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from agent_service.agents.base import (
+from agent_service.agents.schemas import (
     AgentInput,
     AgentOutput,
     AgentUnavailable,

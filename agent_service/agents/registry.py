@@ -7,11 +7,12 @@ from typing import Any
 
 import httpx
 
-from agent_service.agents.base import Agent
 from agent_service.agents.echo import EchoAgent
 from agent_service.agents.llm import SimpleLLMAgent
+from agent_service.agents.schemas import Agent
 from agent_service.config import Settings
 from agent_service.errors import ConfigError
+from agent_service.kit.deps import Deps
 
 
 def _load(path: str) -> Agent:
@@ -42,6 +43,10 @@ class AgentRegistry:
         if settings.default_agent not in registry._agents:
             raise ConfigError(f"DEFAULT_AGENT: no agent named {settings.default_agent!r}")
         return registry
+
+    @classmethod
+    def of(cls, deps: Deps) -> AgentRegistry:
+        return cls.from_settings(deps.settings, deps.http)
 
     def get(self, name: str) -> Agent | None:
         return self._agents.get(name)

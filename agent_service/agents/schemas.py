@@ -1,13 +1,88 @@
-"""Agent invocation bodies."""
+"""Agents' types: the Agent protocol an agent implements, the input it receives, what it returns
+or streams, the errors it may raise (transient or permanent), and the invocation bodies."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
 from agent_service.kit.schemas import Body
+from agent_service.sessions.schemas import ChatMessage
+
+
+class AgentInput(msgspec.Struct, kw_only=True):
+    message: str
+    session_id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    history: list[ChatMessage] = msgspec.field(default_factory=list)
+    attempt: int = 1  # 1 for the first try of a job; lets demo agents fail "the first N times"
+
+
+class AgentOutput(msgspec.Struct, kw_only=True):
+    content: str
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class StreamMeta(msgspec.Struct, kw_only=True):
+    """Optionally yielded by `stream()`: first to announce how many chunks to expect (so progress
+    can be exact), last with metadata known only at the end (usage, model)."""
+
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    expected_chunks: int | None = None
+
+
+StreamItem = str | StreamMeta
+
+
+class AgentError(Exception):
+    """Base of agent failures. The message is safe to show to the caller."""
+
+
+class TransientAgentError(AgentError):
+    """May succeed if tried again later (provider 5xx/429, timeout, connection error)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentAgentError(AgentError):
+    """Will fail the same way again: do not retry."""
+
+
+class InvalidAgentInput(PermanentAgentError):
+    """The input (usually its metadata) is not acceptable to this agent."""
+
+
+class AgentUnavailable(AgentError):
+    """The agent exists but is not configured or cannot serve now."""
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+    description: str
+
+    @property
+    def available(self) -> bool: ...
+
+    async def invoke(self, data: AgentInput) -> AgentOutput: ...
+
+    def stream(self, data: AgentInput) -> AsyncIterator[StreamItem]: ...
+
+
+def validate_input(agent: Agent, data: AgentInput) -> None:
+    """Agents may define `validate(input)` (raising InvalidAgentInput) so that bad input is refused
+    before a job is queued; it is optional in the protocol."""
+    check = getattr(agent, "validate", None)
+    if callable(check):
+        check(data)
+
+
+# --- invocation bodies ---------------------------------------------------------------------
 
 Message = Annotated[
     str, msgspec.Meta(min_length=1, max_length=10_000, description="The user's message to the agent.")
@@ -59,3 +134,16 @@ class AgentInfo(msgspec.Struct, kw_only=True):
 class AgentList(msgspec.Struct, kw_only=True):
     agents: list[AgentInfo]
     default_agent: str
+
+
+# --- the events of POST /agents/{agent_id}/stream (Server-Sent Events) -------------------
+
+
+class StreamChunk(msgspec.Struct, kw_only=True, tag="chunk", tag_field="type"):
+    index: int
+    content: str
+
+
+class StreamDone(msgspec.Struct, kw_only=True, tag="done", tag_field="type"):
+    chunks: int
+    metadata: dict[str, Any]

@@ -109,3 +109,16 @@ class AuditStats(msgspec.Struct, kw_only=True):
     until: datetime | None = None
     first_at: datetime | None = None  # oldest and newest row inside the range
     last_at: datetime | None = None
+
+
+class AuditArchive(msgspec.Struct, kw_only=True, tag="archive_old_audit_logs", tag_field="type"):
+    """The result of `archive_old_audit_logs`; `skipped` when another run held the archive dir."""
+
+    archived_count: int
+    deleted_count: int
+    files_written: list[str]
+    bytes_written: int
+    cutoff_time: datetime
+    status: Literal["success", "skipped"]
+    started_at: datetime
+    completed_at: datetime

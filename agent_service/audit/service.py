@@ -26,6 +26,7 @@ from agent_service.config import Settings
 from agent_service.errors import NotFound
 from agent_service.identity.schemas import Principal
 from agent_service.kit.db import Database
+from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 
 log = get_logger("agent_service.audit")
@@ -68,6 +69,13 @@ class AuditWriter:
         self._closed = False
         self.dropped = 0  # entries lost to the buffer bound since start (also logged)
         self.written = 0
+
+    @classmethod
+    def of(cls, deps: Deps) -> AuditWriter:
+        """The process's writer (a Deps part); it is flushed and closed with the process."""
+        writer = cls.from_settings(deps.db, deps.settings, clock=deps.clock)
+        deps.on_close(writer.aclose)
+        return writer
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings, *, clock: Clock = utcnow) -> AuditWriter:
@@ -145,6 +153,19 @@ class AuditWriter:
         self._closed = True
         if not await self.flush():
             log.error("audit_entries_lost_at_close", lost=len(self._buffer))
+
+
+def writer(deps: Deps) -> AuditWriter:
+    return deps.part(AuditWriter.of)
+
+
+async def start_writer(deps: Deps) -> None:
+    await writer(deps).start()
+
+
+def record(deps: Deps, entry: AuditEntry) -> None:
+    """Append to the audit log without waiting or failing."""
+    writer(deps).record(entry)
 
 
 async def list_logs(db: Database, query: AuditQuery) -> AuditPage:

@@ -13,7 +13,7 @@ from agent_service.config import Settings
 from agent_service.errors import Conflict, NotFound
 from agent_service.identity import accounts as api_keys
 from agent_service.identity import accounts as users
-from agent_service.identity import repository as user_store
+from agent_service.identity import repository as repo
 from agent_service.identity.schemas import SCOPES, USER_SCOPES, UserCreate
 from agent_service.kit.deps import Deps, open_deps
 
@@ -39,7 +39,7 @@ async def create_api_key(settings: Settings, *, email: str, name: str, scopes: t
                          tier: str | None = None) -> str:
     deps = await _deps(settings)
     try:
-        user = await user_store.user_by_email(deps.db, email)
+        user = await repo.user_by_email(deps.db, email)
         if user is None:
             raise NotFound(f"No user with email {email!r}.")
         allowed = SCOPES if "admin" in user.roles else USER_SCOPES
@@ -56,7 +56,7 @@ async def ensure_dev_admin(settings: Settings) -> tuple[str, str, str] | None:
     """On a fresh database: an admin with a random password and an API key. None if users exist."""
     deps = await _deps(settings)
     try:
-        if await user_store.count_users(deps.db) > 0:
+        if await repo.count_users(deps.db) > 0:
             return None
     finally:
         await deps.aclose()

@@ -14,17 +14,17 @@ from typing import Any
 
 import msgspec
 
-from agent_service.agents import service as invocations
 from agent_service.agents.schemas import InvokeAsyncRequest
+from agent_service.compose import MAINTENANCE, provide_parts
 from agent_service.config import Settings
 from agent_service.errors import AppError, NotFound, ValidationFailed
-from agent_service.identity import repository as user_store
+from agent_service.identity import repository as repo
 from agent_service.kit.deps import Deps, open_deps
 from agent_service.logging import configure_logging
 from agent_service.tasks import admin as job_admin
-from agent_service.tasks import maintenance as maintenance_runner
+from agent_service.tasks import lifecycle
 from agent_service.tasks import service as task_service
-from agent_service.tasks.schemas import FINISHED_STATES
+from agent_service.tasks.schemas import FINISHED_STATES, ChunkEvent, ProgressEvent, StateEvent
 
 BAR = 30
 
@@ -32,7 +32,7 @@ BAR = 30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default=None, help="agent id (default: DEFAULT_AGENT)")
     parser.add_argument("--message", "-m", help="the message (agent invocations)")
-    parser.add_argument("--job", choices=sorted(maintenance_runner.JOBS), help="run a maintenance job instead")
+    parser.add_argument("--job", choices=sorted(j.name for j in MAINTENANCE), help="run a maintenance job instead")
     parser.add_argument("--session", default=None, help="conversation session id")
     parser.add_argument("--stream", action="store_true", help="run the streaming job")
     parser.add_argument("--metadata", default=None, help="JSON object passed to the agent")
@@ -49,16 +49,17 @@ def _bar(progress: int, state: str) -> str:
 async def _follow(deps: Deps, task_id: str, owner_id: str) -> str:
     after = "0"
     progress, state = 0, "PENDING"
+    live = lifecycle.live(deps)
     while state not in FINISHED_STATES:
-        for event in await deps.events.read(task_id, after=after, block_ms=1000):
-            after = event.id
-            if "progress" in event.data:
-                progress = int(event.data["progress"])
-            if event.type == "state":
-                state = str(event.data.get("state", state))
+        for event_id, event in await live.read(task_id, after=after, block_ms=1000):
+            after = event_id
+            if isinstance(event, StateEvent | ProgressEvent | ChunkEvent):
+                progress = event.progress
+            if isinstance(event, StateEvent):
+                state = event.state
         record = await task_service.get_record(deps, task_id, owner_id=owner_id, is_admin=True)
         state = record.state if record.state in FINISHED_STATES else state
-        sys.stderr.write(_bar(100 if state == "SUCCESS" else progress, state))
+        sys.stderr.write(_bar(lifecycle.progress_of(state, progress), state))
         sys.stderr.flush()
     sys.stderr.write("\n")
     return state
@@ -68,9 +69,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     # stdout carries the task id and the result; logs go to stderr, and only warnings
     configure_logging(settings, process="enqueue", stream=sys.stderr, level="WARNING")
     deps = await open_deps(settings)
+    provide_parts(deps)
     try:
         email = args.as_email or settings.dev_admin_email
-        user = await user_store.user_by_email(deps.db, email)
+        user = await repo.user_by_email(deps.db, email)
         if user is None:
             raise NotFound(f"No user {email!r}: create one with `python -m agent_service create-user`.")
         if args.job:
@@ -81,8 +83,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             meta: dict[str, Any] | None = msgspec.json.decode(args.metadata) if args.metadata else None
             req = msgspec.convert({"message": args.message, "session_id": args.session, "metadata": meta,
                                    "stream": args.stream, "priority": args.priority}, InvokeAsyncRequest)
-            accepted, _ = await invocations.enqueue(deps, args.agent or settings.default_agent, req,
-                                                    owner_id=user.id, request_id=None)
+            accepted, _ = await task_service.enqueue(deps, args.agent or settings.default_agent, req,
+                                                   owner_id=user.id, request_id=None)
         print(accepted.task_id, flush=True)
         if not args.wait:
             return 0

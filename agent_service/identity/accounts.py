@@ -8,9 +8,7 @@ from datetime import timedelta
 from agent_service.clock import iso
 from agent_service.errors import Conflict, Forbidden, NotFound
 from agent_service.identity import keys as key_material
-from agent_service.identity import repository as key_store
-from agent_service.identity import repository as refresh_store
-from agent_service.identity import repository as user_store
+from agent_service.identity import repository as repo
 from agent_service.identity.passwords import hash_password_async
 from agent_service.identity.repository import ApiKeyRecord, UserRecord
 from agent_service.identity.schemas import (
@@ -39,25 +37,25 @@ def user_out(deps: Deps, user: UserRecord) -> UserOut:
 async def create_user(deps: Deps, body: UserCreate) -> UserOut:
     user_id = uuid.uuid4().hex
     roles = tuple(dict.fromkeys(body.roles))
-    created = await user_store.create_user(
+    created = await repo.create_user(
         deps.db, user_id=user_id, email=body.email, name=body.name,
         password_hash=await hash_password_async(body.password), roles=roles, tier=body.tier, now=deps.clock(),
     )
     if not created:
         raise Conflict("A user with this email already exists.", code="email_taken")
-    user = await user_store.get_user(deps.db, user_id)
+    user = await repo.get_user(deps.db, user_id)
     assert user is not None
     return user_out(deps, user)
 
 
 async def list_users(deps: Deps, *, limit: int, cursor: str | None) -> UserPage:
-    rows = await user_store.list_users(deps.db, limit=limit + 1, before=cursors.before_of(cursor))
+    rows = await repo.list_users(deps.db, limit=limit + 1, before=cursors.before_of(cursor))
     page, nxt = cursors.page_of(rows, limit, lambda u: (iso(u.created_at) or "", u.id))
     return UserPage(items=[user_out(deps, u) for u in page], next_cursor=nxt)
 
 
 async def get_user(deps: Deps, user_id: str) -> UserRecord:
-    user = await user_store.get_user(deps.db, user_id) if len(user_id) <= 64 else None
+    user = await repo.get_user(deps.db, user_id) if len(user_id) <= 64 else None
     if user is None:
         raise NotFound(f"No user with id {user_id!r}.", code="user_not_found")
     return user
@@ -66,14 +64,14 @@ async def get_user(deps: Deps, user_id: str) -> UserRecord:
 async def update_user(deps: Deps, user_id: str, body: UserUpdate) -> UserOut:
     await get_user(deps, user_id)
     now = deps.clock()
-    await user_store.update_user(
+    await repo.update_user(
         deps.db, user_id, now=now, roles=tuple(dict.fromkeys(body.roles)) if body.roles else None,
         is_active=body.is_active, tier=body.tier, name=body.name,
     )
     if body.is_active is False:
         # a deactivated user's refresh tokens die with the account; access tokens and keys are
         # refused at once because every request re-reads the user
-        await refresh_store.revoke_user_refresh(deps.db, user_id, now=now)
+        await repo.revoke_user_refresh(deps.db, user_id, now=now)
     return user_out(deps, await get_user(deps, user_id))
 
 
@@ -101,12 +99,12 @@ async def _mint(deps: Deps, *, user_id: str, name: str, scopes: tuple[str, ...],
     raw = key_material.generate()
     key_id = uuid.uuid4().hex
     now = deps.clock()
-    await key_store.create_key(
+    await repo.create_key(
         deps.db, key_id=key_id, user_id=user_id, name=name, key_hash=key_material.hash_key(raw),
         prefix=key_material.display_prefix(raw), scopes=scopes, tier=tier,
         expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None, now=now,
     )
-    record = await key_store.get_key(deps.db, key_id)
+    record = await repo.get_key(deps.db, key_id)
     assert record is not None
     return ApiKeyCreated(**{f: getattr(key_out(record), f) for f in ApiKeyOut.__struct_fields__}, key=raw)
 
@@ -124,21 +122,21 @@ async def bootstrap_key(deps: Deps, user_id: str, *, name: str, scopes: tuple[st
 
 
 async def get_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
-    key = await key_store.get_key(deps.db, key_id) if len(key_id) <= 64 else None
+    key = await repo.get_key(deps.db, key_id) if len(key_id) <= 64 else None
     if key is None or (key.user_id != principal.user_id and not principal.is_admin):
         raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
     return key
 
 
 async def list_keys(deps: Deps, principal: Principal, *, limit: int, cursor: str | None) -> ApiKeyPage:
-    rows = await key_store.list_keys(deps.db, principal.user_id, limit=limit + 1, before=cursors.before_of(cursor))
+    rows = await repo.list_keys(deps.db, principal.user_id, limit=limit + 1, before=cursors.before_of(cursor))
     page, nxt = cursors.page_of(rows, limit, lambda k: (iso(k.created_at) or "", k.id))
     return ApiKeyPage(items=[key_out(k) for k in page], next_cursor=nxt)
 
 
 async def revoke_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
     key = await get_key(deps, principal, key_id)
-    await key_store.revoke_key(deps.db, key.id, now=deps.clock())
+    await repo.revoke_key(deps.db, key.id, now=deps.clock())
     return key
 
 
@@ -149,7 +147,7 @@ async def rotate_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyCre
         raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
     # the caller receives the new raw key: the same minting rules as create (no scope they lack)
     _check_grant(principal, list(old.scopes), old.tier)
-    await key_store.revoke_key(deps.db, old.id, now=deps.clock())
+    await repo.revoke_key(deps.db, old.id, now=deps.clock())
     days = None
     if old.expires_at is not None:
         days = max(1, (old.expires_at - deps.clock()).days)

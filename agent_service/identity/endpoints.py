@@ -1,4 +1,4 @@
-"""/api/v1/auth: token (JSON or OAuth2 password form), refresh, logout, me."""
+"""/api/v1/auth (token, refresh, logout, me), /api/v1/users (admin) and /api/v1/api-keys."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_service.errors import BadRequest, ValidationFailed
-from agent_service.identity import accounts as api_keys
-from agent_service.identity import accounts as users
+from agent_service.identity import accounts
 from agent_service.identity import service as identity
 from agent_service.identity.schemas import (
     ApiKeyCreate,
@@ -19,6 +18,8 @@ from agent_service.identity.schemas import (
     ApiKeyPage,
     LogoutRequest,
     Me,
+    PasswordForm,
+    Principal,
     RefreshRequest,
     TokenRequest,
     TokenResponse,
@@ -28,11 +29,18 @@ from agent_service.identity.schemas import (
     UserUpdate,
 )
 from agent_service.kit import context
-from agent_service.kit.endpoint import operation, route
+from agent_service.kit.endpoint import Docs, Limits, Public, Scoped, endpoint, route
 from agent_service.kit.io import convert, json_response, read_body, read_json, read_query
 from agent_service.kit.schemas import PageQuery
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+KEYS = "api_keys:manage"
+
+
+def _principal(request: Request) -> Principal:
+    found = context.caller(request)
+    assert isinstance(found, Principal)  # the identity backend authenticates every request
+    return found
 
 
 async def _credentials(request: Request) -> TokenRequest:
@@ -54,11 +62,15 @@ async def _credentials(request: Request) -> TokenRequest:
     return convert(fields, TokenRequest)
 
 
-@operation(summary="Sign in", tag="Authentication", request=TokenRequest, response=TokenResponse, public=True,
-           rate_limit="login",
-           errors=(400, 401, 415, 422),
-           description="Exchange email and password (JSON, or an OAuth2 password-grant form with `username`) "
-                       "for a short-lived access token and a single-use refresh token.")
+@endpoint(
+    auth=Public(), limits=Limits(kind="login"),
+    docs=Docs(
+        summary="Sign in", tag="Authentication", request=TokenRequest, response=TokenResponse,
+        errors=(400, 401, 415, 422), form=PasswordForm,
+        description="Exchange email and password (JSON, or an OAuth2 password-grant form with `username`) "
+        "for a short-lived access token and a single-use refresh token.",
+    ),
+)
 async def token(request: Request) -> Response:
     context.audit(request, "LOGIN", "auth")
     creds = await _credentials(request)
@@ -67,10 +79,15 @@ async def token(request: Request) -> Response:
     return json_response(tokens, headers=NO_STORE)
 
 
-@operation(summary="Rotate tokens", tag="Authentication", request=RefreshRequest, response=TokenResponse,
-           public=True, rate_limit="login", errors=(400, 401, 415, 422),
-           description="Trade a refresh token for a new pair. Each refresh token works once; presenting a used "
-                       "one revokes its whole family.")
+@endpoint(
+    auth=Public(), limits=Limits(kind="login"),
+    docs=Docs(
+        summary="Rotate tokens", tag="Authentication", request=RefreshRequest, response=TokenResponse,
+        errors=(400, 401, 415, 422),
+        description="Trade a refresh token for a new pair. Each refresh token works once; presenting a used "
+        "one revokes its whole family.",
+    ),
+)
 async def refresh(request: Request) -> Response:
     deps = context.deps(request)
     context.audit(request, "LOGIN", "refresh_token")
@@ -80,23 +97,161 @@ async def refresh(request: Request) -> Response:
     return json_response(tokens, headers=NO_STORE)
 
 
-@operation(summary="Sign out", tag="Authentication", request=LogoutRequest, status=204, errors=(400, 401, 422),
-           description="Revoke the access token used for this call (on every web process at once) and, "
-                       "if given, the refresh token's family.")
+@endpoint(
+    auth=Scoped(),
+    docs=Docs(
+        summary="Sign out", tag="Authentication", request=LogoutRequest, status=204, errors=(400, 401, 422),
+        body_required=False,
+        description="Revoke the access token used for this call (on every web process at once) and, "
+        "if given, the refresh token's family.",
+    ),
+)
 async def logout(request: Request) -> Response:
     deps = context.deps(request)
     body = LogoutRequest()
     if await request.body():
         body = await read_json(request, LogoutRequest, limit=deps.settings.max_body_bytes)
     context.audit(request, "LOGOUT", "auth", revoked_refresh=bool(body.refresh_token))
-    await identity.logout(deps, context.principal(request), body.refresh_token)
+    await identity.logout(deps, _principal(request), body.refresh_token)
     return Response(status_code=204)
 
 
-@operation(summary="Who am I", tag="Authentication", response=Me, errors=(401,),
-           description="The caller's identity, roles, scopes and tier; for an API key also its id.")
+@endpoint(
+    auth=Scoped(),
+    docs=Docs(
+        summary="Who am I", tag="Authentication", response=Me, errors=(401,),
+        description="The caller's identity, roles, scopes and tier; for an API key also its id.",
+    ),
+)
 async def me(request: Request) -> Response:
-    return json_response(identity.me(context.principal(request)))
+    return json_response(identity.me(_principal(request)))
+
+
+
+
+@endpoint(
+    auth=Scoped("admin"),
+    docs=Docs(
+        summary="Create a user", tag="Admin", request=UserCreate, response=UserOut, status=201,
+        errors=(400, 401, 403, 409, 413, 415, 422),
+        description="Admins only. Emails are unique regardless of case.",
+    ),
+)
+async def create_user(request: Request) -> Response:
+    deps = context.deps(request)
+    context.audit(request, "CREATE", "user")
+    body = await read_json(request, UserCreate, limit=deps.settings.max_body_bytes)
+    out = await accounts.create_user(deps, body)
+    context.audit(request, "CREATE", "user", out.id, email=out.email, roles=out.roles)
+    return json_response(out, status=201, headers={"Location": f"/api/v1/users/{out.id}"})
+
+
+@endpoint(
+    auth=Scoped("admin"),
+    docs=Docs(
+        summary="List users", tag="Admin", response=UserPage, query=PageQuery, errors=(401, 403, 422),
+        description="Admins only. Newest first, paginated with `limit` and the opaque `cursor`.",
+    ),
+)
+async def list_users(request: Request) -> Response:
+    q = read_query(request, PageQuery)
+    return json_response(await accounts.list_users(context.deps(request), limit=q.limit, cursor=q.cursor))
+
+
+@endpoint(
+    auth=Scoped("admin"),
+    docs=Docs(
+        summary="Update a user", tag="Admin", request=UserUpdate, response=UserOut,
+        errors=(400, 401, 403, 404, 413, 415, 422),
+        description="Admins only: change name, roles, tier or the active flag. Deactivating a user "
+        "stops their tokens and API keys at once.",
+    ),
+)
+async def update_user(request: Request) -> Response:
+    deps = context.deps(request)
+    context.audit(request, "UPDATE", "user", request.path_params["user_id"])
+    body = await read_json(request, UserUpdate, limit=deps.settings.max_body_bytes)
+    context.audit(request, "UPDATE", "user", request.path_params["user_id"],
+                  changes=msgspec.to_builtins(body))
+    return json_response(await accounts.update_user(deps, request.path_params["user_id"], body))
+
+
+
+
+
+
+@endpoint(
+    auth=Scoped(KEYS),
+    docs=Docs(
+        summary="Create an API key", tag="API Keys", request=ApiKeyCreate, response=ApiKeyCreated, status=201,
+        errors=(400, 401, 403, 413, 415, 422),
+        description="The raw key (`sk_live_…`) is in this response only; the server keeps a hash. A key "
+        "cannot hold a scope its creator lacks; only admins grant `admin` or `audit:read`.",
+    ),
+)
+async def create_key(request: Request) -> Response:
+    deps = context.deps(request)
+    context.audit(request, "CREATE", "api_key")
+    body = await read_json(request, ApiKeyCreate, limit=deps.settings.max_body_bytes)
+    created = await accounts.create_key(deps, _principal(request), body)
+    context.audit(request, "CREATE", "api_key", created.id, name=created.name, scopes=created.scopes, tier=created.tier)
+    return json_response(
+        created, status=201, headers={"Location": f"/api/v1/api-keys/{created.id}", "Cache-Control": "no-store"}
+    )
+
+
+@endpoint(
+    auth=Scoped(KEYS),
+    docs=Docs(
+        summary="List my API keys", tag="API Keys", response=ApiKeyPage, query=PageQuery, errors=(401, 403, 422),
+        description="Newest first; the raw keys are never shown again, only their display prefix.",
+    ),
+)
+async def list_keys(request: Request) -> Response:
+    q = read_query(request, PageQuery)
+    page = await accounts.list_keys(context.deps(request), _principal(request), limit=q.limit, cursor=q.cursor)
+    return json_response(page)
+
+
+@endpoint(
+    auth=Scoped(KEYS),
+    docs=Docs(
+        summary="Get an API key", tag="API Keys", response=ApiKeyOut, errors=(401, 403, 404),
+        description="One of the caller's keys (admins: anyone's). Someone else's key is a 404.",
+    ),
+)
+async def get_key(request: Request) -> Response:
+    key = await accounts.get_key(context.deps(request), _principal(request), request.path_params["key_id"])
+    return json_response(accounts.key_out(key))
+
+
+@endpoint(
+    auth=Scoped(KEYS),
+    docs=Docs(
+        summary="Revoke an API key", tag="API Keys", status=204, errors=(401, 403, 404),
+        description="The key stops working at once. Revoking twice is harmless.",
+    ),
+)
+async def revoke_key(request: Request) -> Response:
+    context.audit(request, "DELETE", "api_key", request.path_params["key_id"])
+    await accounts.revoke_key(context.deps(request), _principal(request), request.path_params["key_id"])
+    return Response(status_code=204)
+
+
+@endpoint(
+    auth=Scoped(KEYS),
+    docs=Docs(
+        summary="Rotate an API key", tag="API Keys", response=ApiKeyCreated, status=201, errors=(401, 403, 404),
+        description="Issue a replacement with the same name, scopes and tier; the old key stops working.",
+    ),
+)
+async def rotate_key(request: Request) -> Response:
+    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated=True)
+    created = await accounts.rotate_key(
+        context.deps(request), _principal(request), request.path_params["key_id"]
+    )
+    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated_to=created.id)
+    return json_response(created, status=201, headers={"Cache-Control": "no-store"})
 
 
 routes = [
@@ -104,134 +259,9 @@ routes = [
     route("/auth/refresh", refresh, ["POST"]),
     route("/auth/logout", logout, ["POST"]),
     route("/auth/me", me, ["GET"]),
-]
-
-
-@operation(summary="Create a user", tag="Admin", request=UserCreate, response=UserOut, status=201, scope="admin",
-           errors=(400, 401, 403, 409, 413, 415, 422),
-           description="Admins only. Emails are unique regardless of case.")
-async def create_user(request: Request) -> Response:
-    deps = context.deps(request)
-    context.audit(request, "CREATE", "user")
-    body = await read_json(request, UserCreate, limit=deps.settings.max_body_bytes)
-    out = await users.create_user(deps, body)
-    context.audit(request, "CREATE", "user", out.id, email=out.email, roles=out.roles)
-    return json_response(out, status=201, headers={"Location": f"/api/v1/users/{out.id}"})
-
-
-@operation(summary="List users", tag="Admin", response=UserPage, query=PageQuery, scope="admin", errors=(401, 403, 422),
-           description="Admins only. Newest first, paginated with `limit` and the opaque `cursor`.")
-async def list_users(request: Request) -> Response:
-    q = read_query(request, PageQuery)
-    return json_response(await users.list_users(context.deps(request), limit=q.limit, cursor=q.cursor))
-
-
-@operation(summary="Update a user", tag="Admin", request=UserUpdate, response=UserOut, scope="admin",
-           errors=(400, 401, 403, 404, 413, 415, 422),
-           description="Admins only: change name, roles, tier or the active flag. Deactivating a user "
-                       "stops their tokens and API keys at once.")
-async def update_user(request: Request) -> Response:
-    deps = context.deps(request)
-    context.audit(request, "UPDATE", "user", request.path_params["user_id"])
-    body = await read_json(request, UserUpdate, limit=deps.settings.max_body_bytes)
-    context.audit(request, "UPDATE", "user", request.path_params["user_id"],
-                  changes=msgspec.to_builtins(body))
-    return json_response(await users.update_user(deps, request.path_params["user_id"], body))
-
-
-routes = [
     route("/users", create_user, ["POST"]),
     route("/users", list_users, ["GET"]),
     route("/users/{user_id}", update_user, ["PATCH"]),
-]
-
-
-SCOPE = "api_keys:manage"
-
-
-@operation(
-    summary="Create an API key",
-    tag="API Keys",
-    request=ApiKeyCreate,
-    response=ApiKeyCreated,
-    status=201,
-    scope=SCOPE,
-    errors=(400, 401, 403, 413, 415, 422),
-    description="The raw key (`sk_live_…`) is in this response only; the server keeps a hash. A key "
-    "cannot hold a scope its creator lacks; only admins grant `admin` or `audit:read`.",
-)
-async def create_key(request: Request) -> Response:
-    deps = context.deps(request)
-    context.audit(request, "CREATE", "api_key")
-    body = await read_json(request, ApiKeyCreate, limit=deps.settings.max_body_bytes)
-    created = await api_keys.create_key(deps, context.principal(request), body)
-    context.audit(request, "CREATE", "api_key", created.id, name=created.name, scopes=created.scopes, tier=created.tier)
-    return json_response(
-        created, status=201, headers={"Location": f"/api/v1/api-keys/{created.id}", "Cache-Control": "no-store"}
-    )
-
-
-@operation(
-    summary="List my API keys",
-    tag="API Keys",
-    response=ApiKeyPage,
-    query=PageQuery,
-    scope=SCOPE,
-    errors=(401, 403, 422),
-    description="Newest first; the raw keys are never shown again, only their display prefix.",
-)
-async def list_keys(request: Request) -> Response:
-    q = read_query(request, PageQuery)
-    page = await api_keys.list_keys(context.deps(request), context.principal(request), limit=q.limit, cursor=q.cursor)
-    return json_response(page)
-
-
-@operation(
-    summary="Get an API key",
-    tag="API Keys",
-    response=ApiKeyOut,
-    scope=SCOPE,
-    errors=(401, 403, 404),
-    description="One of the caller's keys (admins: anyone's). Someone else's key is a 404.",
-)
-async def get_key(request: Request) -> Response:
-    key = await api_keys.get_key(context.deps(request), context.principal(request), request.path_params["key_id"])
-    return json_response(api_keys.key_out(key))
-
-
-@operation(
-    summary="Revoke an API key",
-    tag="API Keys",
-    status=204,
-    scope=SCOPE,
-    errors=(401, 403, 404),
-    description="The key stops working at once. Revoking twice is harmless.",
-)
-async def revoke_key(request: Request) -> Response:
-    context.audit(request, "DELETE", "api_key", request.path_params["key_id"])
-    await api_keys.revoke_key(context.deps(request), context.principal(request), request.path_params["key_id"])
-    return Response(status_code=204)
-
-
-@operation(
-    summary="Rotate an API key",
-    tag="API Keys",
-    response=ApiKeyCreated,
-    status=201,
-    scope=SCOPE,
-    errors=(401, 403, 404),
-    description="Issue a replacement with the same name, scopes and tier; the old key stops working.",
-)
-async def rotate_key(request: Request) -> Response:
-    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated=True)
-    created = await api_keys.rotate_key(
-        context.deps(request), context.principal(request), request.path_params["key_id"]
-    )
-    context.audit(request, "UPDATE", "api_key", request.path_params["key_id"], rotated_to=created.id)
-    return json_response(created, status=201, headers={"Cache-Control": "no-store"})
-
-
-routes = [
     route("/api-keys", create_key, ["POST"]),
     route("/api-keys", list_keys, ["GET"]),
     route("/api-keys/{key_id}", get_key, ["GET"]),

@@ -148,3 +148,23 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     def actor(self) -> str:
         """How audit rows and logs name this caller."""
         return f"api_key:{self.api_key_id}" if self.api_key_id else f"user:{self.user_id}"
+
+
+class BlacklistCleanup(msgspec.Struct, kw_only=True, tag="cleanup_token_blacklist", tag_field="type"):
+    """The result of `cleanup_token_blacklist`."""
+
+    scanned: int
+    removed: int
+    remaining: int
+    ttl_restored: int
+    status: Literal["success"]
+    started_at: datetime
+    completed_at: datetime
+
+
+class PasswordForm(msgspec.Struct, kw_only=True):
+    """The OAuth2 password-grant form the docs' Authorize button posts to `/auth/token`."""
+
+    username: str
+    password: str
+    grant_type: Literal["password"] = "password"

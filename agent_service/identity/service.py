@@ -10,13 +10,11 @@ from typing import Any, Literal
 
 from agent_service.errors import Unauthorized
 from agent_service.identity import keys as key_material
-from agent_service.identity import repository as key_store
-from agent_service.identity import repository as refresh_store
-from agent_service.identity import repository as user_store
+from agent_service.identity import repository as repo
 from agent_service.identity.passwords import verify_password_async
 from agent_service.identity.repository import UserRecord
 from agent_service.identity.schemas import SCOPES, USER_SCOPES, Me, Principal, TokenResponse
-from agent_service.identity.tokens import issue_access_token
+from agent_service.identity.tokens import AuthKit, issue_access_token
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 
@@ -38,10 +36,10 @@ def user_tier(deps: Deps, user: UserRecord) -> str:
 
 async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> TokenResponse:
     now = deps.clock()
-    access, _ = issue_access_token(deps.settings, deps.auth.secret, user_id=user.id, roles=user.roles,
+    access, _ = issue_access_token(deps.settings, deps.part(AuthKit.of).secret, user_id=user.id, roles=user.roles,
                                    scopes=user_scopes(user), now=now)
     refresh = "rt_" + secrets.token_urlsafe(32)
-    created = await refresh_store.create_refresh(
+    created = await repo.create_refresh(
         deps.db, token_id=uuid.uuid4().hex, family_id=family_id or uuid.uuid4().hex, user_id=user.id,
         token_hash=_hash(refresh), expires_at=now + timedelta(seconds=deps.settings.refresh_token_ttl), now=now,
     )
@@ -51,7 +49,7 @@ async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> 
 
 
 async def login(deps: Deps, email: str, password: str) -> tuple[TokenResponse, UserRecord]:
-    user = await user_store.user_by_email(deps.db, email)
+    user = await repo.user_by_email(deps.db, email)
     ok = await verify_password_async(password, user.password_hash if user else None)
     if not ok or user is None or not user.is_active:
         raise Unauthorized(BAD_LOGIN, code="invalid_credentials")
@@ -60,16 +58,16 @@ async def login(deps: Deps, email: str, password: str) -> tuple[TokenResponse, U
 
 async def refresh(deps: Deps, token: str) -> tuple[TokenResponse, UserRecord]:
     now = deps.clock()
-    record = await refresh_store.refresh_by_hash(deps.db, _hash(token))
+    record = await repo.refresh_by_hash(deps.db, _hash(token))
     invalid = Unauthorized("The refresh token is invalid or expired.", code="invalid_refresh_token")
     if record is None or record.revoked_at is not None or record.expires_at <= now:
         raise invalid
-    if record.used_at is not None or not await refresh_store.consume_refresh(deps.db, record.id, now=now):
+    if record.used_at is not None or not await repo.consume_refresh(deps.db, record.id, now=now):
         # a used token presented again means it was stolen (or replayed): end the whole family
-        revoked = await refresh_store.revoke_family(deps.db, record.family_id, now=now)
+        revoked = await repo.revoke_family(deps.db, record.family_id, now=now)
         log.warning("auth.refresh_reuse", family_id=record.family_id, revoked=revoked)
         raise invalid
-    user = await user_store.get_user(deps.db, record.user_id)
+    user = await repo.get_user(deps.db, record.user_id)
     if user is None or not user.is_active:
         raise invalid
     return await _issue(deps, user, family_id=record.family_id), user
@@ -77,18 +75,18 @@ async def refresh(deps: Deps, token: str) -> tuple[TokenResponse, UserRecord]:
 
 async def logout(deps: Deps, principal: Principal, refresh_token: str | None) -> None:
     if principal.token_jti and principal.token_exp:
-        await deps.auth.verifier.revoke(principal.token_jti, principal.token_exp)
+        await deps.part(AuthKit.of).verifier.revoke(principal.token_jti, principal.token_exp)
     if refresh_token:
-        record = await refresh_store.refresh_by_hash(deps.db, _hash(refresh_token))
+        record = await repo.refresh_by_hash(deps.db, _hash(refresh_token))
         if record is not None and record.user_id == principal.user_id:
-            await refresh_store.revoke_family(deps.db, record.family_id, now=deps.clock())
+            await repo.revoke_family(deps.db, record.family_id, now=deps.clock())
 
 
 async def principal_from_bearer(deps: Deps, token: str) -> Principal:
-    claims = await deps.auth.verifier.verify(token, now=deps.clock())
+    claims = await deps.part(AuthKit.of).verifier.verify(token, now=deps.clock())
     if claims.get("iss") != deps.settings.jwt_issuer:
         return _external_principal(deps, claims)
-    user = await user_store.get_user(deps.db, str(claims["sub"]))
+    user = await repo.get_user(deps.db, str(claims["sub"]))
     if user is None or not user.is_active:
         raise Unauthorized("The account behind this token is not active.", code="inactive_user")
     return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=user_scopes(user),
@@ -113,14 +111,14 @@ async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
     invalid = Unauthorized("The API key is invalid, expired or revoked.", code="invalid_api_key")
     if not key_material.well_formed(raw):
         raise invalid
-    key = await key_store.key_by_hash(deps.db, key_material.hash_key(raw))
+    key = await repo.key_by_hash(deps.db, key_material.hash_key(raw))
     now = deps.clock()
     if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         raise invalid
-    user = await user_store.get_user(deps.db, key.user_id)
+    user = await repo.get_user(deps.db, key.user_id)
     if user is None or not user.is_active:
         raise invalid
-    await key_store.touch_key(deps.db, key.id, now=now)
+    await repo.touch_key(deps.db, key.id, now=now)
     # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`
     allowed = user_scopes(user)
     return Principal(user_id=user.id, email=user.email, roles=user.roles,

@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from agent_service.config import Settings
 from agent_service.errors import ConfigError, ServiceUnavailable, Unauthorized
+from agent_service.kit.deps import Deps
 
-REVOKED_PREFIX = "auth:revoked:"
 MAX_TOKEN_LENGTH = 4096
 KNOWN_DEFAULT_SECRETS = frozenset({
     "secret", "changeme", "change-me", "your-secret-key", "your-secret-key-here", "supersecret", "jwt-secret",
@@ -26,8 +26,9 @@ KNOWN_DEFAULT_SECRETS = frozenset({
 })
 
 
-def revoked_key(jti: str) -> str:
-    return REVOKED_PREFIX + jti
+def revoked_prefix(key_prefix: str) -> str:
+    """Where revoked `jti`s live in Redis (the blacklist cleanup scans this)."""
+    return f"{key_prefix}auth:revoked:"
 
 
 def resolve_secret(settings: Settings) -> str:
@@ -65,6 +66,7 @@ def issue_access_token(settings: Settings, secret: str, *, user_id: str, roles: 
 
 class TokenVerifier:
     def __init__(self, settings: Settings, secret: str, redis: Redis) -> None:
+        self._revoked = revoked_prefix(settings.redis_key_prefix)
         self._settings = settings
         self._secret = secret
         self._redis = redis
@@ -119,9 +121,22 @@ class TokenVerifier:
 
     async def is_revoked(self, jti: str) -> bool:
         try:
-            return bool(await self._redis.exists(revoked_key(jti)))
+            return bool(await self._redis.exists(self._revoked + jti))
         except (RedisError, OSError) as exc:  # fail closed, never open
             raise ServiceUnavailable("Token revocation cannot be checked right now.") from exc
 
     async def revoke(self, jti: str, exp: int) -> None:
-        await self._redis.set(revoked_key(jti), str(exp), exat=exp)
+        await self._redis.set(self._revoked + jti, str(exp), exat=exp)
+
+
+class AuthKit:
+    """The process's signing secret and verifier (a Deps part: `deps.part(AuthKit.of)`)."""
+
+    def __init__(self, secret: str, verifier: TokenVerifier) -> None:
+        self.secret = secret
+        self.verifier = verifier
+
+    @classmethod
+    def of(cls, deps: Deps) -> AuthKit:
+        secret = resolve_secret(deps.settings)
+        return cls(secret, TokenVerifier(deps.settings, secret, deps.redis))

@@ -11,9 +11,9 @@ from starlette.requests import Request
 
 from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable, TooManyRequests
-from agent_service.identity.schemas import Principal
 from agent_service.kit.client_ip import client_ip
 from agent_service.kit.deps import Deps
+from agent_service.kit.endpoint import Caller, Limits
 from agent_service.kit.ratelimit import Limit, headers
 from agent_service.logging import get_logger
 
@@ -27,10 +27,11 @@ def _limit_for(settings: Settings, kind: str, tier: str) -> Limit:
     return Limit(getattr(settings, field, settings.rate_limit_free))
 
 
-async def check(
-    request: Request, deps: Deps, kind: str, principal: Principal | None, *, local_fallback: bool = False
-) -> dict[str, str]:
-    """The rate-limit headers for this request; raises 429 when over the limit."""
+async def check(request: Request, limits: Limits, principal: Caller | None) -> dict[str, str]:
+    """The rate-limit headers for this request; raises 429 when over the limit (the route layer's
+    LimitCheck)."""
+    deps: Deps = request.app.state.deps
+    kind, local_fallback = limits.kind, limits.local_fallback
     settings = deps.settings
     if not settings.rate_limit_enabled or deps.limiter is None:
         return {}

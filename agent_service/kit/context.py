@@ -1,4 +1,4 @@
-"""Per-request accessors: the service container and the caller."""
+"""Per-request accessors: the process's Deps, the request id, the caller, and the audit request."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from agent_service.audit.schemas import AuditAction
 from agent_service.errors import Unauthorized
-from agent_service.identity.schemas import Principal
 from agent_service.kit.deps import Deps
+from agent_service.kit.endpoint import Caller, caller_of
 
 
 def deps(request: Request) -> Deps:
@@ -22,24 +21,30 @@ def request_id(request: Request) -> str | None:
     return rid
 
 
-def principal(request: Request) -> Principal:
+def caller(request: Request) -> Caller:
     """The authenticated caller (routes are secured by default, so one is always there)."""
-    p: Principal | None = getattr(request.scope.get("user"), "principal", None)
-    if p is None:
+    found = caller_of(request)
+    if found is None:
         raise Unauthorized("Authentication required.")
-    return p
+    return found
 
 
 def owner_id(request: Request) -> str:
-    return principal(request).user_id
+    return caller(request).user_id
 
 
 def is_admin(request: Request) -> bool:
-    return principal(request).is_admin
+    return caller(request).is_admin
 
 
-def audit(request: Request, action: AuditAction, resource_type: str, resource_id: str | None = None,
+def audit(request: Request, action: str, resource_type: str, resource_id: str | None = None,
           **metadata: Any) -> None:
-    """Ask for an audit entry for this request; the middleware writes it with the final status
-    (a LOGIN that ends in 401 is recorded as FAILED_AUTH)."""
+    """Ask for an audit entry for this request; it is written when the response is done, with the
+    final status (a LOGIN that ends in 401 is recorded as FAILED_AUTH)."""
     request.scope.setdefault("state", {})["audit"] = (action, resource_type, resource_id, metadata)
+
+
+def audit_request(scope: Any) -> tuple[str, str, str | None, dict[str, Any]] | None:
+    """What `audit()` asked for during this request, if anything."""
+    found: tuple[str, str, str | None, dict[str, Any]] | None = scope.get("state", {}).get("audit")
+    return found

@@ -1,96 +1,88 @@
-"""Everything a service needs, built once per process (web lifespan or worker start-up)."""
+"""The process's shared machinery, built once (web lifespan or worker start-up) and passed to services.
+
+It holds only what knows no domain: settings, the database, Redis, an HTTP client, time,
+randomness, the rate limiter and the metrics sink. A domain keeps its own process-wide objects
+(the agent registry, the task event store, the audit writer, …) as *parts*: `deps.part(make)`
+builds one with `make(deps)` on first use and returns the same object afterwards, so `kit` never
+imports a domain and a domain never reaches into another's internals.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 
-from agent_service.agents.registry import AgentRegistry
-from agent_service.audit.schemas import AuditEntry
-from agent_service.audit.service import AuditWriter
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
-from agent_service.identity.tokens import TokenVerifier, resolve_secret
 from agent_service.kit.db import Database
-from agent_service.kit.metrics import JobMetrics
+from agent_service.kit.metrics import JobMetrics, WorkerStats
 from agent_service.kit.migrations import migrate
 from agent_service.kit.ratelimit import RateLimiter
-from agent_service.ops.workers import WorkerStats
-from agent_service.tasks import queue as job_queue
-from agent_service.tasks.live import TaskEvents
-from agent_service.tasks.queue import JobQueue, QueueConnection
+from agent_service.kit.redis import RedisConn, connect
 
-
-@dataclass
-class AuthKit:
-    secret: str
-    verifier: TokenVerifier
+T = TypeVar("T")
+Closer = Callable[[], Awaitable[None]]
 
 
 @dataclass
 class Deps:
     settings: Settings
     db: Database
-    redis: QueueConnection
-    queue: JobQueue
-    events: TaskEvents
-    agents: AgentRegistry
+    redis: RedisConn
     http: httpx.AsyncClient
     clock: Clock = utcnow
-    auth_kit: AuthKit | None = None
-    stats: WorkerStats | None = None  # set in worker processes
-    audit: AuditWriter | None = None
+    rng: Callable[[], float] = field(default=random.random)
     limiter: RateLimiter | None = None
     metrics: JobMetrics | None = None
-    rng: Callable[[], float] = field(default=random.random)
+    stats: WorkerStats | None = None  # set in worker processes
+    _parts: dict[Any, Any] = field(default_factory=dict)
+    _closers: list[Closer] = field(default_factory=list)
 
     @property
-    def auth(self) -> AuthKit:
-        if self.auth_kit is None:
-            raise RuntimeError("authentication is not set up in this process")
-        return self.auth_kit
+    def prefix(self) -> str:
+        """Every Redis key the project owns starts with this (REDIS_KEY_PREFIX)."""
+        return self.settings.redis_key_prefix
+
+    def part(self, make: Callable[[Deps], T]) -> T:
+        """The process-wide object `make` builds (built on first use, then shared)."""
+        try:
+            value: T = self._parts[make]
+        except KeyError:
+            value = self._parts[make] = make(self)
+        return value
+
+    def provide(self, make: Callable[[Deps], T], value: T) -> None:
+        """Use `value` as the part `make` would build (entry points and tests)."""
+        self._parts[make] = value
+
+    def on_close(self, closer: Closer) -> None:
+        """Run `closer` when the process shuts down, before the stores close (last added runs first)."""
+        self._closers.append(closer)
 
     async def aclose(self, *, close_redis: bool = True) -> None:
-        if self.audit is not None:
-            await self.audit.aclose()  # before the database: nothing buffered is lost
+        for closer in reversed(self._closers):
+            await closer()
+        self._closers.clear()
         await self.http.aclose()
         if close_redis:
             await self.redis.aclose()
         await self.db.close()
 
-    def record(self, entry: AuditEntry) -> None:
-        """Append to the audit log without waiting or failing (see services/audit.py)."""
-        if self.audit is not None:
-            self.audit.record(entry)
 
-
-async def open_deps(
-    settings: Settings, *, redis: QueueConnection | None = None, clock: Clock = utcnow, with_auth: bool = False
-) -> Deps:
+async def open_deps(settings: Settings, *, redis: RedisConn | None = None, clock: Clock = utcnow) -> Deps:
     db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
     await migrate(db)
-    http = httpx.AsyncClient(timeout=settings.llm_timeout)
-    redis = redis if redis is not None else job_queue.connect(settings)
-    auth_kit = None
-    if with_auth:
-        secret = resolve_secret(settings)
-        auth_kit = AuthKit(secret=secret, verifier=TokenVerifier(settings, secret, redis))
-    audit = AuditWriter.from_settings(db, settings, clock=clock)
-    await audit.start()
+    redis = redis if redis is not None else connect(settings)
     return Deps(
-        limiter=RateLimiter(redis),
-        metrics=JobMetrics(redis),
-        audit=audit,
-        auth_kit=auth_kit,
         settings=settings,
         db=db,
         redis=redis,
-        queue=JobQueue(redis, settings),
-        events=TaskEvents(redis, ttl=settings.job_result_ttl),
-        agents=AgentRegistry.from_settings(settings, http),
-        http=http,
+        http=httpx.AsyncClient(timeout=settings.llm_timeout),
         clock=clock,
+        limiter=RateLimiter(redis, prefix=f"{settings.redis_key_prefix}rl:"),
+        metrics=JobMetrics(redis, prefix=settings.redis_key_prefix),
     )

@@ -39,13 +39,13 @@ def fingerprint(*parts: bytes | str) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, redis: Redis, ttl: int = TTL_SECONDS) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, ttl: int = TTL_SECONDS) -> None:
+        self._prefix = f"{prefix}idem:"
         self._redis = redis
         self._ttl = ttl
 
-    @staticmethod
-    def _key(principal: str, key: str) -> str:
-        return f"idem:{principal}:{hashlib.sha256(key.encode()).hexdigest()}"
+    def _key(self, principal: str, key: str) -> str:
+        return f"{self._prefix}{principal}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @redis_guard
     async def begin(self, principal: str, key: str, fp: str) -> Stored | None:

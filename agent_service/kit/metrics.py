@@ -6,6 +6,11 @@ are best effort: a Redis error is logged at debug level and never fails a job or
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -13,29 +18,44 @@ from agent_service.logging import get_logger
 
 log = get_logger(__name__)
 
-COUNTERS_KEY = "agent:metrics:counters"
-HIST_KEY = "agent:metrics:histograms"
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS = {"job_duration_seconds": DURATION_BUCKETS, "job_enqueue_latency_seconds": LATENCY_BUCKETS}
 EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
 
 
+COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
+
+
+@dataclass
+class WorkerStats:
+    """This worker's own counters, sent with its heartbeat."""
+
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    running: int = 0
+
+    def bump(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+
 class JobMetrics:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
+        self.counters_key = f"{prefix}metrics:counters"
+        self.hist_key = f"{prefix}metrics:histograms"
 
     async def _apply(self, counters: dict[str, int], observations: list[tuple[str, str, float]]) -> None:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for field, n in counters.items():
-                pipe.hincrby(COUNTERS_KEY, field, n)
+                pipe.hincrby(self.counters_key, field, n)
             for metric, label, value in observations:
                 for le in HISTOGRAMS[metric]:
                     if value <= le:
-                        pipe.hincrby(HIST_KEY, f"{metric}|{label}|{le}", 1)
-                pipe.hincrby(HIST_KEY, f"{metric}|{label}|count", 1)
-                pipe.hincrbyfloat(HIST_KEY, f"{metric}|{label}|sum", value)
+                        pipe.hincrby(self.hist_key, f"{metric}|{label}|{le}", 1)
+                pipe.hincrby(self.hist_key, f"{metric}|{label}|count", 1)
+                pipe.hincrbyfloat(self.hist_key, f"{metric}|{label}|sum", value)
             await pipe.execute()
         except (RedisError, OSError):
             log.debug("metrics.unavailable")
@@ -52,8 +72,8 @@ class JobMetrics:
 
     async def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(COUNTERS_KEY)
-        pipe.hgetall(HIST_KEY)
+        pipe.hgetall(self.counters_key)
+        pipe.hgetall(self.hist_key)
         counters, hists = await pipe.execute()
         return ({k.decode(): int(v) for k, v in counters.items()},
                 {k.decode(): float(v) for k, v in hists.items()})

@@ -6,17 +6,15 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_service.audit.schemas import AuditAction
-from agent_service.audit.service import audit_entry
-from agent_service.kit.client_ip import client_ip
 from agent_service.kit.problems import internal_error
 from agent_service.logging import get_logger
-from agent_service.ops.metrics import route_template
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 log = get_logger("agent_service.http")
@@ -34,9 +32,28 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+UNMATCHED = "<unmatched>"
+# called once per request with its scope and final status (the app wires the audit log here)
+OnFinish = Callable[[Scope, int], None]
+
+
+def route_template(scope: Scope) -> str:
+    """The templated path incl. the mount prefix; never the raw path (bounded label values).
+
+    A path that enters a Mount but matches nothing inside it leaves the Mount itself as
+    `scope["route"]`: that is unmatched too, not "<prefix><prefix>".
+    """
+    matched = scope.get("route")
+    path = getattr(matched, "path", None)
+    if path is None or isinstance(matched, Mount):
+        return UNMATCHED
+    return f"{scope.get('root_path', '')}{path}"
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_finish: Sequence[OnFinish] = ()) -> None:
         self.app = app
+        self._on_finish = tuple(on_finish)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,7 +81,8 @@ class RequestContextMiddleware:
             if not response_started:
                 await internal_error(scope)(scope, receive, send_wrapper)
         finally:
-            _audit(scope, status)
+            for hook in self._on_finish:
+                hook(scope, status)
             route = scope.get("route")
             http_metrics = getattr(getattr(scope.get("app"), "state", None), "http_metrics", None)
             if http_metrics is not None:
@@ -76,26 +94,3 @@ class RequestContextMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
-
-
-def _audit(scope: Scope, status: int) -> None:
-    state = scope.get("state", {})
-    requested = state.get("audit")
-    if requested is None and status != 401:
-        return
-    action: AuditAction
-    action, resource_type, resource_id, metadata = requested or ("FAILED_AUTH", "auth", None, {})
-    if status == 401 or (action == "LOGIN" and status >= 400):
-        action = "FAILED_AUTH"
-    app = scope.get("app")
-    deps = getattr(getattr(app, "state", None), "deps", None)
-    if app is None or deps is None:
-        return
-    headers = dict(scope.get("headers", []))
-    entry = audit_entry(
-        action, resource_type, principal=getattr(scope.get("user"), "principal", None),
-        resource_id=resource_id, request_id=state.get("request_id"), method=scope.get("method"),
-        path=scope.get("path"), status=status, client_ip=client_ip(scope, getattr(app.state, "trusted_proxies", [])),
-        user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:300] or None, metadata=metadata or {},
-    )
-    deps.record(entry)

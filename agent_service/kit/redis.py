@@ -1,4 +1,10 @@
-"""Translate Redis outages into a 503 the API can render, instead of a 500 with driver text."""
+"""The Redis connection every process holds, and the translation of Redis outages into a 503 the
+API can render (instead of a 500 with driver text).
+
+The connection is arq's `ArqRedis` (a redis-py client that can also enqueue jobs); services only
+see it under the name `RedisConn`. Key names are not made here: each domain names its own keys in
+one module, under `settings.redis_key_prefix`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,15 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
+from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable
+from agent_service.kit import serializer
+
+RedisConn = ArqRedis
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,3 +45,25 @@ def redis_guard(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             ) from None
 
     return wrapper
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq's settings for the same server (the worker's own pool)."""
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set (run `python -m agent_service dev` for an embedded server)")
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+def connect(settings: Settings) -> RedisConn:
+    """A lazily-connecting pool: the web process starts (and serves sync invokes) with Redis down."""
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set")
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=serializer.serialize,
+        job_deserializer=serializer.deserialize,
+        default_queue_name=settings.queue_name,
+    )

@@ -1,8 +1,8 @@
-"""Shared body types: the request base, problem details, health."""
+"""Shared body types: the request and query bases, paging, problem details."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
@@ -36,13 +36,3 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     request_id: str | None = None
     code: str | None = None
     errors: list[FieldError] = msgspec.field(default_factory=list)
-
-
-class HealthComponent(msgspec.Struct, kw_only=True, omit_defaults=True):
-    ok: bool
-    detail: str | None = None
-
-
-class Health(msgspec.Struct, kw_only=True):
-    status: Literal["ok", "unavailable"]
-    components: dict[str, HealthComponent] = msgspec.field(default_factory=dict)

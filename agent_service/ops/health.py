@@ -8,13 +8,15 @@ import sqlite3
 from redis.exceptions import RedisError
 
 from agent_service.kit.deps import Deps
-from agent_service.kit.schemas import Health, HealthComponent
-from agent_service.tasks.queue import worker_health_key
+from agent_service.ops.schemas import Health, HealthComponent
+from agent_service.ops.workers import WorkerBoard
+
+PROBE_TIMEOUT = 2.0
 
 
 async def _redis(deps: Deps) -> HealthComponent:
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(PROBE_TIMEOUT):
             await deps.redis.ping()
     except (RedisError, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="redis unreachable")
@@ -23,7 +25,7 @@ async def _redis(deps: Deps) -> HealthComponent:
 
 async def _database(deps: Deps) -> HealthComponent:
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(PROBE_TIMEOUT):
             await deps.db.fetchone("SELECT 1")
     except (sqlite3.Error, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="database unavailable")
@@ -32,8 +34,8 @@ async def _database(deps: Deps) -> HealthComponent:
 
 async def _worker(deps: Deps) -> HealthComponent:
     try:
-        async with asyncio.timeout(2):
-            alive = await deps.redis.exists(worker_health_key(deps.settings))
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            alive = await WorkerBoard.of(deps).someone_alive()
     except (RedisError, OSError, TimeoutError):
         return HealthComponent(ok=False, detail="worker heartbeat unknown (redis unreachable)")
     return HealthComponent(ok=True) if alive else HealthComponent(ok=False, detail="no fresh worker heartbeat")

@@ -1,4 +1,4 @@
-"""GET /metrics in the Prometheus text format.
+"""The Prometheus exposition behind GET /metrics.
 
 HTTP metrics are per web process (a registry of its own per app). Job metrics come from Redis,
 where every worker adds its counts, so any web process exports the whole deployment's job
@@ -7,7 +7,6 @@ numbers — no second port on the worker. Protected by METRICS_TOKEN when it is 
 
 from __future__ import annotations
 
-import hmac
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -15,20 +14,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Mount
-from starlette.types import Scope
 
-from agent_service.errors import AppError, Unauthorized
-from agent_service.kit import context
-from agent_service.kit.endpoint import operation, route
+from agent_service.errors import AppError
+from agent_service.kit.deps import Deps
 from agent_service.kit.metrics import EVENTS, HISTOGRAMS, parse_field
 from agent_service.logging import get_logger
+from agent_service.tasks import service as tasks
 
 log = get_logger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-UNMATCHED = "<unmatched>"
 
 
 class HttpMetrics:
@@ -42,19 +36,6 @@ class HttpMetrics:
     def observe(self, method: str, route_template: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route_template, str(status)).inc()
         self.latency.labels(method, route_template).observe(seconds)
-
-
-def route_template(scope: Scope) -> str:
-    """The templated path incl. the mount prefix; never the raw path (bounded label values).
-
-    A path that enters a Mount but matches nothing inside it leaves the Mount itself as
-    `scope["route"]`: that is unmatched too, not "<prefix><prefix>".
-    """
-    matched = scope.get("route")
-    path = getattr(matched, "path", None)
-    if path is None or isinstance(matched, Mount):
-        return UNMATCHED
-    return f"{scope.get('root_path', '')}{path}"
 
 
 class _Snapshot(Collector):
@@ -102,40 +83,6 @@ class _Snapshot(Collector):
             yield fam
 
 
-def _check_token(request: Request) -> None:
-    token = context.deps(request).settings.metrics_token
-    if not token:
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Unauthorized("Send `Authorization: Bearer <METRICS_TOKEN>`.", code="invalid_metrics_token",
-                           headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-
-
-@operation(summary="Prometheus metrics", tag="Admin", public=True, errors=(401,), media_type="text/plain",
-           description="HTTP requests by route, status and latency; jobs started, succeeded, failed, retried, "
-                       "cancelled and deferred by job name; job duration and enqueue-to-start latency; queue "
-                       "depth; rate-limit rejections. Needs `Authorization: Bearer <METRICS_TOKEN>` when that "
-                       "setting is set.")
-async def metrics_endpoint(request: Request) -> Response:
-    _check_token(request)
-    deps = context.deps(request)
-    registry = CollectorRegistry(auto_describe=False)
-    http: HttpMetrics = request.app.state.http_metrics
-    registry.register(_Union(http.registry))
-    counters: dict[str, int] = {}
-    hists: dict[str, float] = {}
-    depth: dict[str, int] = {}
-    if deps.metrics is not None:
-        try:
-            counters, hists = await deps.metrics.snapshot()
-            depth = await deps.queue.depth(now_ms=int(deps.clock().timestamp() * 1000))
-        except (AppError, RedisError, OSError):
-            log.warning("metrics.redis_unavailable")  # still export what this process knows
-    registry.register(_Snapshot(counters, hists, depth))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE)
-
-
 class _Union(Collector):
     def __init__(self, inner: CollectorRegistry) -> None:
         self._inner = inner
@@ -144,4 +91,19 @@ class _Union(Collector):
         return self._inner.collect()
 
 
-routes = [route("/metrics", metrics_endpoint, ["GET"])]
+async def render(deps: Deps, http: HttpMetrics) -> bytes:
+    """This process's HTTP metrics and the deployment's job metrics (from Redis) as Prometheus text;
+    with Redis down, what this process knows."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Union(http.registry))
+    counters: dict[str, int] = {}
+    hists: dict[str, float] = {}
+    depth: dict[str, int] = {}
+    if deps.metrics is not None:
+        try:
+            counters, hists = await deps.metrics.snapshot()
+            depth = await tasks.queue_depth(deps)
+        except (AppError, RedisError, OSError):
+            log.warning("metrics.redis_unavailable")
+    registry.register(_Snapshot(counters, hists, depth))
+    return bytes(generate_latest(registry))

@@ -1,9 +1,9 @@
-"""Admin view of the job system (what Flower showed for the Celery design)."""
+"""Ops bodies: health, and the admin view of the job system (what Flower showed for the Celery design)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Literal
 
 import msgspec
 
@@ -47,11 +47,11 @@ class JobsOverview(msgspec.Struct, kw_only=True):
     window_minutes: int
 
 
-class MaintenanceJob(msgspec.Struct, kw_only=True):
-    name: str
-    schedule: str  # cron, UTC
-    last: dict[str, Any] | None  # {result, ran_at, duration, trigger, slot | task_id}
+class HealthComponent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    detail: str | None = None
 
 
-class MaintenanceList(msgspec.Struct, kw_only=True):
-    jobs: list[MaintenanceJob]
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    components: dict[str, HealthComponent] = msgspec.field(default_factory=dict)

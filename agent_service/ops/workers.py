@@ -1,43 +1,43 @@
-"""Per-worker heartbeats with counters, so the admin API can list workers alive.
+"""Per-worker heartbeats with counters, so the admin API can list the workers alive and readiness
+can tell that at least one is.
 
-arq's own health key is one per queue (workers overwrite each other), so each worker also
-writes its own hash, expiring when the worker stops beating.
+arq's own health key is one per queue (workers overwrite each other), so each worker writes its
+own hash, expiring when the worker stops beating, and refreshes one shared "a worker is alive"
+key that readiness checks with a single EXISTS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from agent_service.errors import AppError
+from agent_service.kit.deps import Deps
+from agent_service.kit.metrics import WorkerStats
+from agent_service.kit.redis import RedisConn, redis_guard
+from agent_service.logging import get_logger
 
-from agent_service.kit.redis import redis_guard
-
-PREFIX = "agent:workers:"
-COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
-
-
-@dataclass
-class WorkerStats:
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    running: int = 0
-
-    def bump(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+log = get_logger(__name__)
 
 
 class WorkerBoard:
-    def __init__(self, redis: Redis, *, queue_name: str) -> None:
+    def __init__(self, redis: RedisConn, *, prefix: str, queue_name: str) -> None:
         self._redis = redis
-        self._queue = queue_name
+        self._base = f"{prefix}workers:{queue_name}:"
+
+    @classmethod
+    def of(cls, deps: Deps) -> WorkerBoard:
+        return cls(deps.redis, prefix=deps.prefix, queue_name=deps.settings.queue_name)
 
     def _key(self, worker_id: str) -> str:
-        return f"{PREFIX}{self._queue}:{worker_id}"
+        return f"{self._base}w:{worker_id}"
+
+    @property
+    def any_key(self) -> str:
+        return f"{self._base}any"
 
     @redis_guard
     async def beat(self, stats: WorkerStats, *, started_at: datetime, now: datetime, ttl: float) -> None:
@@ -49,15 +49,20 @@ class WorkerBoard:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(self._key(stats.worker_id), mapping=mapping)
         pipe.pexpire(self._key(stats.worker_id), int(ttl * 1000))
+        pipe.set(self.any_key, stats.worker_id, px=int(ttl * 1000))
         await pipe.execute()
 
     @redis_guard
     async def remove(self, worker_id: str) -> None:
         await self._redis.delete(self._key(worker_id))
 
+    async def someone_alive(self) -> bool:
+        """Raises the driver's error when Redis cannot answer (readiness tells the two apart)."""
+        return bool(await self._redis.exists(self.any_key))
+
     @redis_guard
     async def alive(self) -> list[dict[str, str]]:
-        keys = [k async for k in self._redis.scan_iter(match=f"{PREFIX}{self._queue}:*", count=200)]
+        keys = [k async for k in self._redis.scan_iter(match=f"{self._base}w:*", count=200)]
         if not keys:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -65,3 +70,16 @@ class WorkerBoard:
             pipe.hgetall(k)
         rows = await pipe.execute()
         return [{a.decode(): b.decode() for a, b in row.items()} for row in rows if row]
+
+
+async def heartbeat(deps: Deps, interval: float) -> None:
+    """Beat every `interval` seconds until cancelled; a Redis outage only skips beats."""
+    assert deps.stats is not None
+    board = WorkerBoard.of(deps)
+    started_at = deps.clock()
+    while True:
+        try:
+            await board.beat(deps.stats, started_at=started_at, now=deps.clock(), ttl=interval * 3)
+        except AppError:
+            log.warning("worker.heartbeat_failed")
+        await asyncio.sleep(interval)

@@ -14,6 +14,13 @@ MAX_SESSION_ID_LENGTH = 128
 MAX_TITLE_LENGTH = 80
 
 
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """One turn of a conversation, as an agent receives its history."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class SessionMessage(msgspec.Struct, kw_only=True):
     role: Literal["system", "user", "assistant"]
     content: str
@@ -42,3 +49,13 @@ class SessionPage(msgspec.Struct, kw_only=True):
 
 class SessionQuery(PageQuery):
     """`GET /sessions`: page size and the opaque `next_cursor` of the previous page."""
+
+
+class SessionsCleanup(msgspec.Struct, kw_only=True, tag="cleanup_expired_sessions", tag_field="type"):
+    """The result of `cleanup_expired_sessions`."""
+
+    deleted_count: int
+    cutoff_time: datetime
+    status: Literal["success"]
+    started_at: datetime
+    completed_at: datetime

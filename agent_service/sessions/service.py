@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from agent_service.agents.base import ChatMessage
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
 from agent_service.errors import NotFound
@@ -22,6 +21,7 @@ from agent_service.sessions import repository as session_store
 from agent_service.sessions.schemas import (
     MAX_SESSION_ID_LENGTH,
     MAX_TITLE_LENGTH,
+    ChatMessage,
     SessionDetail,
     SessionMessage,
     SessionPage,

@@ -1,129 +1,142 @@
-"""/api/v1/agents/tasks: status, list, cancel and live events of background tasks."""
+"""/api/v1/agents/{agent_id}/invoke-async and /api/v1/agents/tasks: queue an invocation, then its
+status, the list, cancel and live events."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
 
-import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from agent_service.errors import AppError
-from agent_service.kit import context
-from agent_service.kit.endpoint import operation, route
-from agent_service.kit.io import json_response, read_query
-from agent_service.tasks import follow as task_events
-from agent_service.tasks import service as tasks
-from agent_service.tasks.live import TaskEvent
-from agent_service.tasks.schemas import TaskPage, TaskQuery, TaskStatus
+from agent_service.agents.schemas import InvokeAsyncRequest
+from agent_service.errors import ValidationFailed
+from agent_service.kit import context, sse
+from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
+from agent_service.kit.io import json_response, read_json, read_query
+from agent_service.tasks import follow, service
+from agent_service.tasks.schemas import (
+    ChunkEvent,
+    ProgressEvent,
+    StateEvent,
+    TaskAccepted,
+    TaskPage,
+    TaskQuery,
+    TaskStatus,
+)
 
-_json = msgspec.json.Encoder()
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+NO_STORE = {"Cache-Control": "no-store"}
 
 
-@operation(
-    summary="Get a task's status",
-    tag="Background Jobs",
-    response=TaskStatus,
-    errors=(401, 403, 404, 503),
-    scope="tasks:read",
-    description="State (`PENDING`…`REVOKED`), human status, progress 0-100, the result once "
-    "`SUCCESS` (kept JOB_RESULT_TTL seconds) and the error once `FAILURE`. "
-    "Someone else's task is a 404.",
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable ASCII characters.",
+            errors=[{"path": "header.Idempotency-Key", "message": "Invalid key"}],
+        )
+    return key
+
+
+@endpoint(
+    auth=Scoped("agents:invoke"),
+    docs=Docs(
+        summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
+        response=TaskAccepted, status=202, errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        headers=("Idempotency-Key",),
+        description="Queue the invocation as a background task and answer at once with its id and "
+        "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
+        "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
+        "60 s after it). `run_at` (RFC 3339, at most 7 days ahead) or `delay_seconds` schedule "
+        "it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
+        "return the original answer; the same key with another body is a 409.",
+    ),
+)
+async def invoke_async(request: Request) -> Response:
+    deps = context.deps(request)
+    agent_id = request.path_params.get("agent_id") or deps.settings.default_agent
+    context.audit(request, "EXECUTE", "agent", agent_id, mode="async")
+    body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
+    accepted, replayed = await service.enqueue(
+        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request),
+        idempotency_key=_idempotency_key(request),
+    )
+    context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
+    headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}
+    return json_response(accepted, status=202, headers=headers)
+
+
+@endpoint(
+    auth=Scoped("tasks:read"),
+    docs=Docs(
+        summary="Get a task's status", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 503),
+        description="State (`PENDING`…`REVOKED`), human status, progress 0-100, the result once "
+        "`SUCCESS` (kept JOB_RESULT_TTL seconds) and the error once `FAILURE`. "
+        "Someone else's task is a 404.",
+    ),
 )
 async def get_task(request: Request) -> Response:
-    status = await tasks.get_status(
-        context.deps(request),
-        request.path_params["task_id"],
-        owner_id=context.owner_id(request),
-        is_admin=context.is_admin(request),
-    )
-    return json_response(status, headers={"Cache-Control": "no-store"})
+    status = await service.get_status(context.deps(request), request.path_params["task_id"],
+                                      owner_id=context.owner_id(request), is_admin=context.is_admin(request))
+    return json_response(status, headers=NO_STORE)
 
 
-@operation(
-    summary="List tasks",
-    tag="Background Jobs",
-    response=TaskPage,
-    query=TaskQuery,
-    errors=(401, 403, 422),
-    scope="tasks:read",
-    description="My tasks, newest first, filtered by `state` and `agent`; admins see everyone's and may "
-    "filter by `owner`. Paginate with `limit` and the opaque `cursor`.",
+@endpoint(
+    auth=Scoped("tasks:read"),
+    docs=Docs(
+        summary="List tasks", tag="Background Jobs", response=TaskPage, query=TaskQuery, errors=(401, 403, 422),
+        description="My tasks, newest first, filtered by `state` and `agent`; admins see everyone's and may "
+        "filter by `owner`. Paginate with `limit` and the opaque `cursor`.",
+    ),
 )
 async def list_tasks(request: Request) -> Response:
-    q = read_query(request, TaskQuery)
-    page = await tasks.list_tasks(
-        context.deps(request), q, owner_id=context.owner_id(request), is_admin=context.is_admin(request)
-    )
-    return json_response(page)
+    page = await service.list_tasks(context.deps(request), read_query(request, TaskQuery),
+                                    owner_id=context.owner_id(request), is_admin=context.is_admin(request))
+    return json_response(page, headers=NO_STORE)
 
 
-@operation(
-    summary="Cancel a task",
-    tag="Background Jobs",
-    response=TaskStatus,
-    errors=(401, 403, 404, 409, 503),
-    scope="tasks:cancel",
-    description="A queued or deferred task never starts; a running one stops within a second and keeps "
-    "any partial stream output. Answers 200 once `REVOKED`, 202 while the worker is stopping "
-    "it; a finished task is a 409.",
+@endpoint(
+    auth=Scoped("tasks:cancel"),
+    docs=Docs(
+        summary="Cancel a task", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 409, 503),
+        description="A queued or deferred task is `REVOKED` at once and never starts (200). A running one "
+        "stops within a second and keeps any partial stream output: the answer is then 202 with the "
+        "state it is in (`STARTED`), and the task's status or events show `REVOKED` shortly after. "
+        "A finished task is a 409.",
+    ),
 )
 async def cancel_task(request: Request) -> Response:
     context.audit(request, "CANCEL", "task", request.path_params["task_id"])
-    status = await tasks.cancel(
-        context.deps(request),
-        request.path_params["task_id"],
-        owner_id=context.owner_id(request),
-        is_admin=context.is_admin(request),
-    )
-    return json_response(status, status=200 if status.state == "REVOKED" else 202)
+    status = await service.cancel(context.deps(request), request.path_params["task_id"],
+                                  owner_id=context.owner_id(request), is_admin=context.is_admin(request))
+    return json_response(status, status=200 if status.state == "REVOKED" else 202, headers=NO_STORE)
 
 
-def _sse(event: TaskEvent | None) -> bytes:
-    if event is None:
-        return b": keep-alive\n\n"
-    head = f"id: {event.id}\n" if event.id else ""
-    return f"{head}event: {event.type}\n".encode() + b"data: " + _json.encode(event.data) + b"\n\n"
-
-
-async def _body(events: AsyncIterator[TaskEvent | None]) -> AsyncIterator[bytes]:
-    yield b"retry: 1000\n\n"
-    try:
-        async for event in events:
-            yield _sse(event)
-    except AppError as exc:
-        # the 200 and its headers are gone: end the stream with an error event, not a broken connection
-        yield f"event: error\ndata: {_json.encode({'code': exc.code, 'detail': exc.detail}).decode()}\n\n".encode()
-
-
-@operation(
-    summary="Follow a task live",
-    tag="Background Jobs",
-    streams=True,
-    headers=("Last-Event-ID",),
-    errors=(401, 403, 404, 422, 503),
-    scope="tasks:read",
-    description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
-    "happen, ending when the task ends. Every event has an `id`; reconnect with "
-    "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "
-    "the history.",
+@endpoint(
+    auth=Scoped("tasks:read"),
+    docs=Docs(
+        summary="Follow a task live", tag="Background Jobs", errors=(401, 403, 404, 422, 503),
+        events=(StateEvent, ProgressEvent, ChunkEvent, sse.StreamError), headers=("Last-Event-ID",),
+        description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
+        "happen, ending when the task ends. Every event has an `id`; reconnect with "
+        "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "
+        "the history. Each event carries its `attempt`: chunks of a new attempt start a new answer.",
+    ),
 )
-async def task_events_stream(request: Request) -> Response:
-    events = await task_events.open_events(
-        context.deps(request),
-        request.path_params["task_id"],
-        owner_id=context.owner_id(request),
-        is_admin=context.is_admin(request),
-        last_event_id=request.headers.get("last-event-id"),
+async def task_events(request: Request) -> Response:
+    items = await follow.open_events(
+        context.deps(request), request.path_params["task_id"], owner_id=context.owner_id(request),
+        is_admin=context.is_admin(request), last_event_id=request.headers.get("last-event-id"),
     )
-    return StreamingResponse(
-        _body(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return sse.response(items, retry_ms=1000)
 
 
 routes = [
+    # before the agent routes: "/agents/tasks/..." must not be taken for an agent id
     route("/agents/tasks", list_tasks, ["GET"]),
     route("/agents/tasks/{task_id}", get_task, ["GET"]),
     route("/agents/tasks/{task_id}/cancel", cancel_task, ["POST"]),
-    route("/agents/tasks/{task_id}/events", task_events_stream, ["GET"]),
+    route("/agents/tasks/{task_id}/events", task_events, ["GET"]),
+    route("/agents/invoke-async", invoke_async, ["POST"]),
+    route("/agents/{agent_id}/invoke-async", invoke_async, ["POST"]),
 ]

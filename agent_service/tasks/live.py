@@ -1,146 +1,157 @@
-"""Live task state in Redis: progress, stream chunks and an append-only event stream per task.
+"""Every Redis key of a task, in one place: its event stream, live progress, kept result, cancel
+flag and deferral count. All expire JOB_RESULT_TTL after their last write; the SQL record
+outlives them.
 
-Keys expire with the job result. The event stream (XADD) gives each event an id, so a
-reader can resume after a given id without loss or duplication.
+Writes come only from tasks/lifecycle.py (the one writer of task state); services and the
+follower read. Each fact is stored once: a chunk is one entry of the event stream (the result's
+`chunks` are read back from there), progress is one hash field, and a status read is one
+pipelined round trip.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
-from agent_service.kit.redis import redis_guard
+from agent_service.kit.deps import Deps
+from agent_service.kit.redis import RedisConn, redis_guard
+from agent_service.tasks.schemas import ChunkEvent, TaskEvent, TaskResult
 
-_json = msgspec.json.Encoder()
-
-
-def live_key(task_id: str) -> str:
-    return f"agent:task:{task_id}:live"
-
-
-def chunks_key(task_id: str) -> str:
-    return f"agent:task:{task_id}:chunks"
+MAX_EVENTS = 100_000
+_enc = msgspec.json.Encoder()
+_event = msgspec.json.Decoder(TaskEvent)
+_result = msgspec.json.Decoder(TaskResult)
 
 
-def events_key(task_id: str) -> str:
-    return f"agent:task:{task_id}:events"
+class Snapshot(msgspec.Struct, kw_only=True):
+    progress: int | None
+    result: TaskResult | None
+    chunks: list[str] | None
 
 
-def result_key(task_id: str) -> str:
-    return f"agent:task:{task_id}:result"
-
-
-def cancel_key(task_id: str) -> str:
-    return f"agent:task:{task_id}:cancel"
-
-
-class TaskEvent(msgspec.Struct, kw_only=True):
-    id: str  # the Redis stream id: "<ms>-<seq>", ordered, usable as Last-Event-ID
-    type: str
-    data: dict[str, Any]
-
-
-_decode = msgspec.json.Decoder(dict[str, Any])
-
-
-class TaskEvents:
-    def __init__(self, redis: Redis, *, ttl: int) -> None:
+class TaskLive:
+    def __init__(self, redis: RedisConn, *, prefix: str, ttl: int) -> None:
         self._redis = redis
+        self._prefix = f"{prefix}task:"
         self._ttl = ttl
 
+    @classmethod
+    def of(cls, deps: Deps) -> TaskLive:
+        return cls(deps.redis, prefix=deps.prefix, ttl=deps.settings.job_result_ttl)
+
+    # --- key names ------------------------------------------------------------------------
+
+    def events_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:events"
+
+    def live_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:live"
+
+    def result_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:result"
+
+    def cancel_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:cancel"
+
+    def deferrals_key(self, task_id: str) -> str:
+        return f"{self._prefix}{task_id}:deferrals"
+
+    # --- writes (tasks/lifecycle.py only) ------------------------------------------------
+
     @redis_guard
-    async def publish(self, task_id: str, kind: str, data: dict[str, Any], *, progress: int | None = None) -> None:
+    async def append(self, task_id: str, event: TaskEvent, *, progress: int | None = None) -> None:
+        """One event on the task's stream, and its progress, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         if progress is not None:
-            data = {**data, "progress": progress}
-            pipe.hset(live_key(task_id), mapping={"progress": progress})
-            pipe.expire(live_key(task_id), self._ttl)
-        pipe.xadd(events_key(task_id), {"type": kind, "data": _json.encode(data)}, maxlen=100_000)
-        pipe.expire(events_key(task_id), self._ttl)
-        await pipe.execute()
-
-    async def progress(self, task_id: str, value: int) -> None:
-        await self.publish(task_id, "progress", {"progress": value}, progress=value)
-
-    @redis_guard
-    async def chunk(self, task_id: str, index: int, content: str) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.rpush(chunks_key(task_id), content)
-        pipe.expire(chunks_key(task_id), self._ttl)
-        pipe.xadd(
-            events_key(task_id), {"type": "chunk", "data": _json.encode({"index": index, "content": content})},
-            maxlen=100_000,
-        )
-        pipe.expire(events_key(task_id), self._ttl)
+            pipe.hset(self.live_key(task_id), "progress", str(progress))
+            pipe.expire(self.live_key(task_id), self._ttl)
+        pipe.xadd(self.events_key(task_id), {"e": _enc.encode(event)}, maxlen=MAX_EVENTS, approximate=True)
+        pipe.expire(self.events_key(task_id), self._ttl)
         await pipe.execute()
 
     @redis_guard
-    async def reset_chunks(self, task_id: str) -> None:
-        """A re-run (retry or re-delivery) starts its stream output afresh: overwrite, never duplicate."""
-        await self._redis.delete(chunks_key(task_id))
-
-    @redis_guard
-    async def get_progress(self, task_id: str) -> int | None:
-        raw = await self._redis.hget(live_key(task_id), "progress")  # type: ignore[misc]
-        return int(raw) if raw is not None else None
-
-    @redis_guard
-    async def get_chunks(self, task_id: str) -> list[str]:
-        raw: list[bytes] = await self._redis.lrange(chunks_key(task_id), 0, -1)  # type: ignore[misc]
-        return [c.decode() for c in raw]
+    async def store_result(self, task_id: str, result: TaskResult) -> None:
+        await self._redis.set(self.result_key(task_id), _enc.encode(result), ex=self._ttl)
 
     @redis_guard
     async def request_cancel(self, task_id: str) -> None:
-        await self._redis.set(cancel_key(task_id), b"1", ex=self._ttl)
+        await self._redis.set(self.cancel_key(task_id), b"1", ex=self._ttl)
 
     @redis_guard
-    async def clear_cancel(self, task_id: str) -> None:
-        await self._redis.delete(cancel_key(task_id))
-
-    @redis_guard
-    async def cancel_requested(self, task_id: str) -> bool:
-        return bool(await self._redis.exists(cancel_key(task_id)))
-
-    @redis_guard
-    async def read(self, task_id: str, *, after: str = "0", block_ms: int | None = None,
-                   count: int = 500) -> list[TaskEvent]:
-        """Events with ids greater than `after`; with `block_ms`, wait that long for the first one."""
-        key = events_key(task_id)
-        if block_ms is None:
-            raw = await self._redis.xrange(key, min=f"({after}" if after != "0" else "-", count=count)
-            entries = raw
-        else:
-            res = await self._redis.xread({key: after}, count=count, block=block_ms)
-            entries = res[0][1] if res else []
-        return [
-            TaskEvent(id=eid.decode(), type=fields[b"type"].decode(), data=_decode.decode(fields[b"data"]))
-            for eid, fields in entries
-        ]
-
-    @redis_guard
-    async def store_result(self, task_id: str, result: Any) -> None:
-        """Kept before the task is marked finished, so no reader sees SUCCESS without its result."""
-        await self._redis.set(result_key(task_id), _json.encode(result), ex=self._ttl)
-
-    @redis_guard
-    async def get_result(self, task_id: str) -> Any:
-        raw = await self._redis.get(result_key(task_id))
-        return None if raw is None else msgspec.json.decode(raw)
+    async def add_deferral(self, task_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(self.deferrals_key(task_id))
+        pipe.expire(self.deferrals_key(task_id), self._ttl)
+        await pipe.execute()
 
     @redis_guard
     async def reset(self, task_id: str) -> None:
-        """Forget a finished run's live state (admin retry): its event history must not be replayed
-        as if it were the new run's."""
-        await self._redis.delete(events_key(task_id), chunks_key(task_id), live_key(task_id), result_key(task_id))
+        """Forget a finished run's live state (admin retry): its history must not be replayed as
+        the new run's, and a stale cancel must not stop it."""
+        await self._redis.delete(self.events_key(task_id), self.live_key(task_id), self.result_key(task_id),
+                                 self.cancel_key(task_id), self.deferrals_key(task_id))
+
+    # --- reads ----------------------------------------------------------------------------
 
     @redis_guard
-    async def get_progress_many(self, task_ids: list[str]) -> dict[str, int]:
+    async def snapshot(self, task_id: str, *, with_result: bool, with_chunks: bool) -> Snapshot:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(self.live_key(task_id), "progress")
+        if with_result:
+            pipe.get(self.result_key(task_id))
+        if with_chunks:
+            pipe.xrange(self.events_key(task_id))
+        replies: list[Any] = await pipe.execute()
+        progress = int(replies[0]) if replies[0] is not None else None
+        result = _result.decode(replies[1]) if with_result and replies[1] is not None else None
+        chunks = _latest_chunks(replies[-1]) if with_chunks else None
+        return Snapshot(progress=progress, result=result, chunks=chunks)
+
+    @redis_guard
+    async def progress_many(self, task_ids: Sequence[str]) -> dict[str, int]:
         if not task_ids:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hget(live_key(task_id), "progress")
+            pipe.hget(self.live_key(task_id), "progress")
         values = await pipe.execute()
         return {t: int(v) for t, v in zip(task_ids, values, strict=True) if v is not None}
+
+    @redis_guard
+    async def chunks(self, task_id: str) -> list[str]:
+        return _latest_chunks(await self._redis.xrange(self.events_key(task_id)))
+
+    @redis_guard
+    async def read(self, task_id: str, *, after: str = "0", block_ms: int | None = None,
+                   count: int = 500) -> list[tuple[str, TaskEvent]]:
+        """(id, event) for events with ids greater than `after`; with `block_ms`, wait that long
+        for the first one."""
+        key = self.events_key(task_id)
+        if block_ms is None:
+            entries = await self._redis.xrange(key, min=f"({after}" if after != "0" else "-", count=count)
+        else:
+            res = await self._redis.xread({key: after}, count=count, block=block_ms)
+            entries = res[0][1] if res else []
+        return [(eid.decode(), _event.decode(fields[b"e"])) for eid, fields in entries]
+
+    @redis_guard
+    async def cancel_requested(self, task_id: str) -> bool:
+        return bool(await self._redis.exists(self.cancel_key(task_id)))
+
+    @redis_guard
+    async def deferrals(self, task_id: str) -> int:
+        return int(await self._redis.get(self.deferrals_key(task_id)) or 0)
+
+
+def _latest_chunks(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[str]:
+    """The chunks of the latest attempt, in order (earlier attempts' answers are superseded)."""
+    chunks: list[ChunkEvent] = []
+    for _, fields in entries:
+        event = _event.decode(fields[b"e"])
+        if isinstance(event, ChunkEvent):
+            if chunks and event.attempt != chunks[-1].attempt:
+                chunks = []
+            chunks.append(event)
+    return [c.content for c in chunks]

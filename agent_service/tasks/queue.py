@@ -1,4 +1,12 @@
-"""Enqueue helpers and result lookup over arq, shared by the web process and scripts."""
+"""The arq adapter: job function names, priority as a queue-score shift, and enqueue / dequeue /
+forget / depth over arq's keys. The only module of the domain (with jobs.py) that knows arq.
+
+Priority: a job's score is its enqueue time in ms; a high job's score is moved 60 s into the
+past and a normal job's 30 s, a low job's not at all. So under a backlog high jobs start before
+normal before low, yet a job can only be overtaken by jobs submitted less than 60 s (high over
+low) or 30 s (high over normal, normal over low) after it: that is the starvation bound.
+Scheduled jobs keep their exact time (no shift), so they never start early.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from arq.connections import ArqRedis, RedisSettings
 from arq.constants import (
     health_check_key_suffix,
     in_progress_key_prefix,
@@ -14,40 +21,15 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
-from redis.asyncio import ConnectionPool
 
 from agent_service.config import Settings
-from agent_service.kit import serializer
-from agent_service.kit.redis import redis_guard
-
-# the connection type services hold, named here so they need not import arq
-QueueConnection = ArqRedis
+from agent_service.kit.deps import Deps
+from agent_service.kit.redis import RedisConn, redis_guard
 
 
 def worker_health_key(settings: Settings) -> str:
     """arq's heartbeat key: written every WORKER_HEALTH_INTERVAL, expiring one second later."""
     return settings.queue_name + health_check_key_suffix
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    if not settings.redis_url:
-        raise RuntimeError("REDIS_URL is not set (run `python -m agent_service dev` for an embedded server)")
-    return RedisSettings.from_dsn(settings.redis_url)
-
-
-def connect(settings: Settings) -> ArqRedis:
-    """A lazily-connecting pool: the web process starts (and serves sync invokes) with Redis down."""
-    if not settings.redis_url:
-        raise RuntimeError("REDIS_URL is not set")
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
-    )
-    return ArqRedis(
-        pool,
-        job_serializer=serializer.serialize,
-        job_deserializer=serializer.deserialize,
-        default_queue_name=settings.queue_name,
-    )
 
 
 # Remove a job that has not started: atomic, so a worker cannot pick it up halfway.
@@ -60,10 +42,14 @@ return removed
 
 
 class JobQueue:
-    def __init__(self, redis: ArqRedis, settings: Settings) -> None:
+    def __init__(self, redis: RedisConn, settings: Settings) -> None:
         self.redis = redis
         self._queue_name = settings.queue_name
         self._dequeue = redis.register_script(_DEQUEUE)
+
+    @classmethod
+    def of(cls, deps: Deps) -> JobQueue:
+        return cls(deps.redis, deps.settings)
 
     @redis_guard
     async def ping(self) -> bool:

@@ -1,4 +1,6 @@
-"""The `tasks` table: the durable record of each background invocation (SQL in, Structs out)."""
+"""The `tasks` table: the durable record of each background invocation (SQL in, Structs out).
+
+Only tasks/lifecycle.py calls the writes; services read."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from datetime import datetime
 
 import msgspec
 
-from agent_service.clock import iso, parse_iso
+from agent_service.clock import iso
 from agent_service.kit.db import Database, Row
 from agent_service.kit.pagination import KEYSET_SQL, keyset_params
 
@@ -34,25 +36,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 
 def _record(row: Row) -> TaskRecord:
-    return TaskRecord(
-        id=row["id"],
-        owner_id=row["owner_id"],
-        agent_id=row["agent_id"],
-        kind=row["kind"],
-        state=row["state"],
-        tries=row["tries"],
-        error=row["error"],
-        request_id=row["request_id"],
-        session_id=row["session_id"],
-        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=parse_iso(row["updated_at"]),  # type: ignore[arg-type]
-        started_at=parse_iso(row["started_at"]),
-        completed_at=parse_iso(row["completed_at"]),
-        next_retry_at=parse_iso(row["next_retry_at"]),
-        payload=row["payload"],
-        scheduled_for=parse_iso(row["scheduled_for"]),
-        priority=row["priority"],
-    )
+    return msgspec.convert(dict(row), TaskRecord)
 
 
 async def create(
@@ -97,12 +81,13 @@ async def mark_started(db: Database, task_id: str, *, tries: int, now: datetime)
     return changed > 0
 
 
-async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: datetime, now: datetime) -> None:
-    await db.execute(
+async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: datetime, now: datetime) -> bool:
+    changed = await db.execute(
         "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?"
         f" WHERE id = ? AND state NOT IN {_FINISHED}",
         (error, iso(retry_at), iso(now), task_id),
     )
+    return changed > 0
 
 
 async def mark_finished(

@@ -1,4 +1,5 @@
-"""Background task bodies: acceptance, status and the kept result."""
+"""Background tasks' types: acceptance, status and result, list pages, the live events a follower
+receives, and the job payload on the queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from agent_service.audit.schemas import AuditArchive
+from agent_service.identity.schemas import BlacklistCleanup
 from agent_service.kit.schemas import PageQuery
+from agent_service.kit.sse import StreamError
+from agent_service.kit.tempfiles import TempFilesCleanup
+from agent_service.sessions.schemas import SessionsCleanup
 
 TaskState = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 TaskStatusWord = Literal["queued", "processing", "retrying", "completed", "failed", "cancelled"]
@@ -32,8 +38,9 @@ class TaskAccepted(msgspec.Struct, kw_only=True):
     scheduled_for: datetime | None = None
 
 
-class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What an agent job returns; kept in Redis for JOB_RESULT_TTL."""
+class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True, tag="agent", tag_field="type"):
+    """What an agent task produced; kept in Redis for JOB_RESULT_TTL. `chunks` (streaming tasks)
+    are read back from the task's event stream, where each chunk is stored once."""
 
     content: str
     metadata: dict[str, Any]
@@ -45,17 +52,9 @@ class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     incomplete: bool = False
 
 
-# An agent task's result is a JobResult; a maintenance task's is that job's own return value.
-# msgspec cannot express a union of two object types, so the schema is given by hand (the spec
-# builder always publishes JobResult among the components).
-TaskResult = Annotated[
-    Any,
-    msgspec.Meta(
-        description="The job's result once SUCCESS (or the partial output of a cancelled stream).",
-        extra_json_schema={"anyOf": [{"$ref": "#/components/schemas/JobResult"},
-                                     {"type": "object", "additionalProperties": True}, {"type": "null"}]},
-    ),
-]
+MaintenanceResult = SessionsCleanup | AuditArchive | BlacklistCleanup | TempFilesCleanup
+# An agent task's result, or a maintenance task's; tagged by `type`
+TaskResult = JobResult | MaintenanceResult
 
 
 class TaskStatus(msgspec.Struct, kw_only=True):
@@ -63,7 +62,7 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     state: TaskState
     status: TaskStatusWord
     progress: int
-    result: TaskResult
+    result: TaskResult | None
     error: str | None
     agent_id: str | None = None
     kind: str | None = None
@@ -112,3 +111,54 @@ class AgentJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     owner_id: str | None = None
     request_id: str | None = None
     stream: bool = False
+
+
+# --- live events (GET /agents/tasks/{id}/events and the dashboard) ---------------------------
+# Every event carries the `attempt` it belongs to: a re-run (retry, or a lost worker's job run
+# again) starts a new attempt, and its chunks are a new answer, not the continuation of the old.
+
+
+class StateEvent(msgspec.Struct, kw_only=True, omit_defaults=True, tag="state", tag_field="type"):
+    state: TaskState
+    progress: int
+    attempt: int = 0
+    error: str | None = None
+    retry_at: datetime | None = None
+    retried_by_admin: bool = False
+    final: bool = False  # a closing event sent when the stream's history had expired
+
+
+class ProgressEvent(msgspec.Struct, kw_only=True, tag="progress", tag_field="type"):
+    progress: int
+    attempt: int
+
+
+class ChunkEvent(msgspec.Struct, kw_only=True, tag="chunk", tag_field="type"):
+    index: int
+    content: str
+    attempt: int
+    progress: int
+
+
+TaskEvent = StateEvent | ProgressEvent | ChunkEvent | StreamError
+
+
+class MaintenanceRun(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The last run of a maintenance job."""
+
+    result: MaintenanceResult
+    ran_at: datetime
+    duration: float
+    trigger: Literal["cron", "manual"]
+    slot: str | None = None
+    task_id: str | None = None
+
+
+class MaintenanceInfo(msgspec.Struct, kw_only=True):
+    name: str
+    schedule: str  # cron, UTC
+    last: MaintenanceRun | None
+
+
+class MaintenanceList(msgspec.Struct, kw_only=True):
+    jobs: list[MaintenanceInfo]

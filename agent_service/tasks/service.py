@@ -1,16 +1,18 @@
-"""Task status: the durable SQL record joined with live progress and the kept result in Redis."""
+"""Tasks as other parts see them: status (the SQL record joined with live progress and the kept
+result), lists, cancel, submission, and the numbers the admin views need."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
+from datetime import datetime
 
 from agent_service.clock import iso
-from agent_service.errors import Conflict, Forbidden, NotFound
+from agent_service.errors import AppError, Conflict, Forbidden, NotFound
 from agent_service.kit import pagination as cursors
 from agent_service.kit.deps import Deps
+from agent_service.logging import get_logger
+from agent_service.tasks import lifecycle
 from agent_service.tasks import repository as task_store
+from agent_service.tasks.lifecycle import progress_of
 from agent_service.tasks.repository import TaskRecord
 from agent_service.tasks.schemas import (
     FINISHED_STATES,
@@ -21,6 +23,11 @@ from agent_service.tasks.schemas import (
     TaskStatus,
     TaskSummary,
 )
+from agent_service.tasks.submit import enqueue as enqueue  # submission is part of this domain's face
+from agent_service.tasks.submit import status_url as status_url
+
+log = get_logger(__name__)
+LIVE_STATES = ("STARTED", "RETRY", "FAILURE", "REVOKED")  # states whose progress comes from Redis
 
 
 async def get_record(deps: Deps, task_id: str, *, owner_id: str | None, is_admin: bool) -> TaskRecord:
@@ -31,59 +38,35 @@ async def get_record(deps: Deps, task_id: str, *, owner_id: str | None, is_admin
     return record
 
 
-def _result(raw: Any) -> JobResult | dict[str, Any] | None:
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return msgspec.convert(raw, JobResult)
-    except msgspec.ValidationError:
-        return dict(raw)  # e.g. a maintenance job's own return shape
-
-
-async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin: bool = False) -> TaskStatus:
-    record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
-    live = await deps.events.get_progress(task_id)
-    # a cancelled streaming task keeps its partial output as its result
-    result = _result(await deps.events.get_result(task_id)) if record.state in ("SUCCESS", "REVOKED") else None
-    if record.state == "SUCCESS":
-        progress = 100
-    elif record.state == "PENDING":
-        progress = 0
-    else:
-        progress = live or 0
+async def status_of(deps: Deps, record: TaskRecord) -> TaskStatus:
+    """One Redis round trip: progress, and for a finished task its result (a cancelled stream
+    keeps its partial output) with the chunks read back from its event stream."""
+    finished_ok = record.state in ("SUCCESS", "REVOKED")
+    snap = await lifecycle.live(deps).snapshot(record.id, with_result=finished_ok,
+                                               with_chunks=finished_ok and record.kind == "stream")
+    result = snap.result
+    if isinstance(result, JobResult) and snap.chunks is not None:
+        result.chunks = snap.chunks
     return TaskStatus(
-        task_id=record.id,
-        state=record.state,  # type: ignore[arg-type]
-        status=STATUS_WORDS[record.state],
-        progress=progress,
-        result=result,
-        error=record.error,
-        agent_id=record.agent_id,
-        kind=record.kind,
-        tries=record.tries,
-        created_at=record.created_at,
-        started_at=record.started_at,
-        completed_at=record.completed_at,
-        next_retry_at=record.next_retry_at,
-        scheduled_for=record.scheduled_for,
-        priority=record.priority,
+        task_id=record.id, state=record.state, status=STATUS_WORDS[record.state],  # type: ignore[arg-type]
+        progress=progress_of(record.state, snap.progress), result=result, error=record.error,
+        agent_id=record.agent_id, kind=record.kind, tries=record.tries, created_at=record.created_at,
+        started_at=record.started_at, completed_at=record.completed_at, next_retry_at=record.next_retry_at,
+        scheduled_for=record.scheduled_for, priority=record.priority,
     )
 
 
-async def cancel(deps: Deps, task_id: str, *, owner_id: str, is_admin: bool) -> TaskStatus:
-    """A queued or deferred task never starts; a running one is stopped by its worker within a second.
+async def get_status(deps: Deps, task_id: str, *, owner_id: str | None, is_admin: bool = False) -> TaskStatus:
+    return await status_of(deps, await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin))
 
-    The request is recorded first (a Redis key the job checks at start and polls while running),
-    then the job is taken off the queue if it has not started; either way it ends REVOKED.
-    """
+
+async def cancel(deps: Deps, task_id: str, *, owner_id: str, is_admin: bool) -> TaskStatus:
+    """A queued or deferred task is REVOKED at once and never starts; a running one is stopped by
+    its worker within a second (the answer then shows the state it is in, e.g. STARTED)."""
     record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
     if record.state in FINISHED_STATES:
         raise Conflict(f"Task {task_id!r} has already finished ({record.state}).", code="task_finished")
-    await deps.events.request_cancel(task_id)
-    if await deps.queue.dequeue(task_id):
-        if await task_store.mark_finished(deps.db, task_id, state="REVOKED", error="Cancelled by request.",
-                                          now=deps.clock()):
-            await deps.events.publish(task_id, "state", {"state": "REVOKED", "error": "Cancelled by request."})
+    await lifecycle.request_cancel(deps, record)
     return await get_status(deps, task_id, owner_id=owner_id, is_admin=is_admin)
 
 
@@ -94,13 +77,36 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     rows = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit + 1,
                                       before=cursors.before_of(q.cursor))
     page, nxt = cursors.page_of(rows, q.limit, lambda r: (iso(r.created_at) or "", r.id))
-    live = await deps.events.get_progress_many([r.id for r in page if r.state in ("STARTED", "RETRY")])
-    items = [summary(r, progress=100 if r.state == "SUCCESS" else live.get(r.id, 0)) for r in page]
-    return TaskPage(items=items, next_cursor=nxt)
+    live = await lifecycle.live(deps).progress_many([r.id for r in page if r.state in LIVE_STATES])
+    return TaskPage(items=[summary(r, progress_of(r.state, live.get(r.id))) for r in page], next_cursor=nxt)
 
 
-def summary(r: TaskRecord, progress: int = 0) -> TaskSummary:
+def summary(r: TaskRecord, progress: int) -> TaskSummary:
     return TaskSummary(task_id=r.id, state=r.state, status=STATUS_WORDS[r.state], agent_id=r.agent_id,  # type: ignore[arg-type]
                        kind=r.kind, owner_id=r.owner_id, tries=r.tries, error=r.error, created_at=r.created_at,
                        started_at=r.started_at, completed_at=r.completed_at, scheduled_for=r.scheduled_for,
                        progress=progress)
+
+
+# --- what the admin views (ops) read ---------------------------------------------------------
+
+
+async def state_counts(deps: Deps) -> dict[str, int]:
+    return await task_store.count_by_state(deps.db)
+
+
+async def finished_since(deps: Deps, since: datetime) -> list[tuple[str, str]]:
+    return await task_store.finished_since(deps.db, since)
+
+
+async def recent_failures(deps: Deps, *, limit: int) -> list[TaskSummary]:
+    rows = await task_store.recent_failures(deps.db, limit=limit)
+    try:
+        live = await lifecycle.live(deps).progress_many([r.id for r in rows])
+    except AppError:
+        live = {}
+    return [summary(r, progress_of(r.state, live.get(r.id))) for r in rows]
+
+
+async def queue_depth(deps: Deps) -> dict[str, int]:
+    return await lifecycle.queue(deps).depth(now_ms=int(deps.clock().timestamp() * 1000))

@@ -1,14 +1,16 @@
 """The OpenAPI 3.1 document, built once with apispec from the routes and their msgspec Structs.
 
-Operations come from the Starlette route table (each endpoint's `operation(...)` metadata),
-component schemas from `msgspec.json.schema_components` over the same Structs that validate
-requests, so the document cannot drift from the code. Examples come from api/examples.py.
+Operations come from the Starlette route table (each route's typed `EndpointSpec`, the same
+object that enforces its auth and limits), component schemas from
+`msgspec.json.schema_components` over the same Structs that validate requests, so the document
+cannot drift from the code. Examples come from kit/openapi/examples.py.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import msgspec
@@ -17,12 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from agent_service import __version__
-from agent_service.kit.endpoint import operation
+from agent_service.kit.endpoint import Docs, EndpointSpec, Public, Scoped, endpoint, spec_of
 from agent_service.kit.openapi.examples import example_for, problem_example
 from agent_service.kit.openapi.texts import DESCRIPTION, TAGS
 from agent_service.kit.schemas import Problem
-from agent_service.tasks.schemas import JobResult
 
 REF = "#/components/schemas/{name}"
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}, {"oauth2Password": []}]
@@ -50,22 +50,29 @@ TITLES = {
 }
 
 
-def walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, Any]]:
-    """(path, method, endpoint) for every routed operation, mounts included."""
+def _version() -> str:
+    try:
+        return metadata.version("agent-service")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, EndpointSpec]]:
+    """(path, method, spec) for every routed operation, mounts included."""
     for r in routes:
         if isinstance(r, Mount):
             yield from walk(list(r.routes), prefix + r.path)
         elif isinstance(r, Route):
+            spec = getattr(r, "spec", None) or spec_of(r.endpoint)
             for method in sorted((r.methods or set()) - {"HEAD"}):
-                yield prefix + r.path, method.lower(), r.endpoint
+                yield prefix + r.path, method.lower(), spec
 
 
 def _struct_types(routes: list[BaseRoute]) -> list[type]:
-    seen: dict[str, type] = {"Problem": Problem, "JobResult": JobResult}
-    for _, _, endpoint in walk(routes):
-        meta = getattr(endpoint, "__openapi__", {})
-        for key in ("request", "response", "query"):
-            t = meta.get(key)
+    seen: dict[str, type] = {"Problem": Problem}
+    for _, _, spec in walk(routes):
+        docs = spec.docs
+        for t in (docs.request, docs.response, docs.query, *docs.events):
             if t is not None:
                 seen[t.__name__] = t
     return list(seen.values())
@@ -83,7 +90,7 @@ def _header(description: str, kind: str = "integer") -> dict[str, Any]:
     return {"description": description, "schema": {"type": kind}}
 
 
-def _parameters(path: str, meta: dict[str, Any], components: dict[str, Any]) -> list[dict[str, Any]]:
+def _parameters(path: str, docs: Docs, components: dict[str, Any]) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {
             "name": name,
@@ -95,24 +102,24 @@ def _parameters(path: str, meta: dict[str, Any], components: dict[str, Any]) -> 
         }
         for name in re.findall(r"{(\w+)}", path)
     ]
-    q = meta.get("query")
+    q = docs.query
     if q is not None:
         schema = components[q.__name__]
         required = set(schema.get("required", []))
         for name, prop in schema.get("properties", {}).items():
             params.append(
                 {
-                    "name": name,
-                    "in": "query",
-                    "required": name in required,
-                    "schema": _nullable_stripped(prop),
-                    "description": prop.get("description", name),
+        "name": name,
+        "in": "query",
+        "required": name in required,
+        "schema": _nullable_stripped(prop),
+        "description": prop.get("description", name),
                 }
             )
-    for h in meta.get("headers", ()):
+    for h in docs.headers:
         description, pattern = HEADER_DOCS[h]
         params.append({"name": h, "in": "header", "required": False, "description": description,
-                       "schema": {"type": "string", "pattern": pattern}})
+        "schema": {"type": "string", "pattern": pattern}})
     return params
 
 
@@ -148,29 +155,30 @@ def _nullable_stripped(prop: dict[str, Any]) -> dict[str, Any]:
     return prop
 
 
-def _responses(meta: dict[str, Any], secured: bool) -> dict[str, Any]:
-    status = meta.get("status", 200)
-    limited = bool(meta.get("rate_limit"))
+def _responses(spec: EndpointSpec) -> dict[str, Any]:
+    docs = spec.docs
+    secured = isinstance(spec.auth, Scoped)
+    limited = spec.limits is not None
     headers: dict[str, Any] = {h: _header(f"{h} of this caller's bucket") for h in RATE_HEADERS} if limited else {}
-    if status == 202 or (meta.get("response") and status == 201):
+    if docs.status == 202 or (docs.response is not None and docs.status == 201):
         headers["Location"] = _header("URL of the created or queued resource", "string")
-    ok: dict[str, Any] = {"description": meta["summary"]}
+    ok: dict[str, Any] = {"description": docs.summary}
     if headers:
         ok["headers"] = headers
-    if meta.get("streams"):
+    if docs.events:
         ok["content"] = {
             "text/event-stream": {
                 "schema": SSE_EVENT,
                 "examples": {"example": {"value": {"event": "chunk", "id": "0",
-                                                   "data": '{"index":0,"content":"Hello "}'}}},
+        "data": '{"index":0,"content":"Hello "}'}}},
             }
         }
-    elif meta.get("response") is not None:
-        ok["content"] = _json(meta["response"], example_for(meta["response"]))
-    elif meta.get("media_type"):
-        ok["content"] = {meta["media_type"]: {"schema": {"type": "string"}, "examples": {"example": {"value": "…"}}}}
-    responses: dict[str, Any] = {str(status): ok}
-    errors = set(meta.get("errors", ()))
+    elif docs.response is not None:
+        ok["content"] = _json(docs.response, example_for(docs.response))
+    elif docs.media_type:
+        ok["content"] = {docs.media_type: {"schema": {"type": "string"}, "examples": {"example": {"value": "…"}}}}
+    responses: dict[str, Any] = {str(docs.status): ok}
+    errors = set(docs.errors)
     if secured:
         errors |= {401, 403}
     if limited:
@@ -180,8 +188,8 @@ def _responses(meta: dict[str, Any], secured: bool) -> dict[str, Any]:
             "description": TITLES.get(code, "Error"),
             "content": {
                 "application/problem+json": {
-                    "schema": _ref(Problem),
-                    "examples": {"example": {"value": problem_example(code)}},
+        "schema": _ref(Problem),
+        "examples": {"example": {"value": problem_example(code)}},
                 }
             },
         }
@@ -193,48 +201,43 @@ def _responses(meta: dict[str, Any], secured: bool) -> dict[str, Any]:
     return responses
 
 
-def _operation(path: str, endpoint: Any, used_ids: set[str], components: dict[str, Any]) -> dict[str, Any]:
-    meta = getattr(endpoint, "__openapi__", None)
-    if meta is None:
-        raise RuntimeError(f"{path}: endpoint {endpoint.__name__} has no operation(...) metadata")
-    secured = not meta.get("public")
-    op_id = meta["operation_id"]
+def _form_schema(form: type) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components([form], ref_template=REF)
+    schema: dict[str, Any] = components[form.__name__]
+    return schema
+
+
+def _operation(path: str, spec: EndpointSpec, used_ids: set[str], components: dict[str, Any]) -> dict[str, Any]:
+    docs = spec.docs
+    secured = isinstance(spec.auth, Scoped)
+    op_id = spec.operation_id
     if op_id in used_ids:  # one function behind two paths (the default agent and a named one)
         op_id += "_" + "_".join(re.findall(r"{(\w+)}", path) or ["default"])
     used_ids.add(op_id)
-    scope = meta.get("scope")
-    description = meta["description"] + (f"\n\nRequires the `{scope}` scope." if scope else "")
+    scope = spec.auth.scope if isinstance(spec.auth, Scoped) else None
+    description = docs.description + (f"\n\nRequires the `{scope}` scope." if scope else "")
     op: dict[str, Any] = {
         "operationId": op_id,
-        "summary": meta["summary"],
+        "summary": docs.summary,
         "description": description,
-        "tags": [meta["tag"]],
-        "parameters": _parameters(path, meta, components),
-        "responses": _responses(meta, secured),
+        "tags": [docs.tag],
+        "parameters": _parameters(path, docs, components),
+        "responses": _responses(spec),
         "security": SECURITY if secured else [],
     }
-    if meta.get("request") is not None:
-        body = _json(meta["request"], example_for(meta["request"]))
-        if op_id == "token":  # the docs UI's password flow posts a form
-            body["application/x-www-form-urlencoded"] = {
-                "schema": {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {
-                        "grant_type": {"type": "string", "enum": ["password"]},
-                        "username": {"type": "string"},
-                        "password": {"type": "string"},
-                    },
-                }
-            }
-        op["requestBody"] = {"required": op_id not in ("logout",), "content": body}
+    if docs.request is not None:
+        body = _json(docs.request, example_for(docs.request))
+        if docs.form is not None:
+            body["application/x-www-form-urlencoded"] = {"schema": _form_schema(docs.form)}
+        op["requestBody"] = {"required": docs.body_required, "content": body}
     return op
 
 
 def build_spec(routes: list[BaseRoute]) -> dict[str, Any]:
+    """The document for every route under `routes` that carries an endpoint spec."""
     spec = APISpec(
         title="Agent Service",
-        version=__version__,
+        version=_version(),
         openapi_version="3.1.0",
         info={
             "description": DESCRIPTION,
@@ -253,20 +256,16 @@ def build_spec(routes: list[BaseRoute]) -> dict[str, Any]:
         spec.components.schema(name, schema)
     used: set[str] = set()
     paths: dict[str, dict[str, Any]] = {}
-    for path, method, endpoint in walk(routes):
-        paths.setdefault(path, {})[method] = _operation(path, endpoint, used, components)
+    for path, method, op_spec in walk(routes):
+        paths.setdefault(path, {})[method] = _operation(path, op_spec, used, components)
     for path, ops in paths.items():
         spec.path(path=path, operations=ops)
     return spec.to_dict()
 
 
-@operation(
-    summary="OpenAPI document",
-    tag="Health",
-    public=True,
-    media_type="application/json",
-    description="This API's OpenAPI 3.1 description, generated from the code at start-up.",
-)
+@endpoint(auth=Public(), docs=Docs(
+    summary="OpenAPI document", tag="Health", media_type="application/json",
+    description="This API's OpenAPI 3.1 description, generated from the code at start-up."))
 async def openapi_json(request: Request) -> Response:
     cached: bytes | None = getattr(request.app.state, "openapi_bytes", None)
     if cached is None:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_service.errors import NotFound
-from agent_service.kit.endpoint import operation, route
+from agent_service.kit.endpoint import Docs, Public, endpoint, route
 
 ASSETS: dict[str, Path] = {
     "swagger-ui.css": swagger_ui.static_path / "swagger-ui.css",
@@ -50,31 +50,51 @@ def _read(name: str) -> bytes:
     return INIT_JS.encode() if name == "swagger-init.js" else ASSETS[name].read_bytes()
 
 
-@operation(summary="API docs (Swagger UI)", tag="Health", public=True, media_type="text/html",
-           description="Every operation grouped by tag; **Authorize** with a password (OAuth2 flow) or an API key.")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="API docs (Swagger UI)", tag="Health", media_type="text/html",
+        description="Every operation grouped by tag; **Authorize** with a password (OAuth2 flow) or an API key.",
+    ),
+)
 async def swagger(request: Request) -> Response:
     return Response(SWAGGER_HTML, media_type="text/html", headers=HEADERS)
 
 
-@operation(summary="API reference (ReDoc)", tag="Health", public=True, media_type="text/html",
-           description="The same document rendered by ReDoc.")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="API reference (ReDoc)", tag="Health", media_type="text/html",
+        description="The same document rendered by ReDoc.",
+    ),
+)
 async def redoc_page(request: Request) -> Response:
     return Response(REDOC_HTML, media_type="text/html", headers=HEADERS)
 
 
-@operation(summary="Docs asset", tag="Health", public=True, media_type="text/plain", errors=(404,),
-           description="Swagger UI and ReDoc files, installed with the package.")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="Docs asset", tag="Health", errors=(404,), media_type="text/plain",
+        description="Swagger UI and ReDoc files, installed with the package.",
+    ),
+)
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name != "swagger-init.js" and name not in ASSETS:
         raise NotFound("No such docs asset.")
     media = "application/javascript" if name.endswith(".js") else mimetypes.guess_type(name)[0] or "text/plain"
     return Response(_read(name), media_type=media, headers={"Cache-Control": "public, max-age=86400",
-                                                             "X-Content-Type-Options": "nosniff"})
+        "X-Content-Type-Options": "nosniff"})
 
 
-@operation(summary="OAuth2 redirect", tag="Health", public=True, media_type="text/html",
-           description="Swagger UI's OAuth2 redirect page (unused by the password flow, kept for completeness).")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="OAuth2 redirect", tag="Health", media_type="text/html",
+        description="Swagger UI's OAuth2 redirect page (unused by the password flow, kept for completeness).",
+    ),
+)
 async def oauth2_redirect(request: Request) -> Response:
     return Response((swagger_ui.static_path / "oauth2-redirect.html").read_bytes() if
                     (swagger_ui.static_path / "oauth2-redirect.html").exists() else b"<!doctype html>",

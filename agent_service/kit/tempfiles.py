@@ -1,131 +1,41 @@
-"""Bodies of the maintenance cron jobs: expired sessions, the token blacklist, old temp files.
-
-Each takes plain values (`now` fixes the cutoff and `started_at`; `clock` gives `completed_at`)
-and returns a JSON-ready dict. Each is idempotent: a re-run after a crash finds less to do.
-"""
+"""Sweep old files out of a scratch directory without ever leaving it: the body of the
+`cleanup_temp_files` maintenance job (TEMP_DIR), and its result type."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import math
 import os
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from redis.asyncio import Redis
+import msgspec
 
 from agent_service.clock import Clock, iso, utcnow
-from agent_service.identity.tokens import REVOKED_PREFIX
-from agent_service.kit.db import Database
 from agent_service.logging import get_logger
-from agent_service.sessions import repository as session_store
 
-__all__ = ["REVOKED_PREFIX", "cleanup_expired_sessions", "cleanup_temp_files", "cleanup_token_blacklist"]
-
-log = get_logger(__name__)
-
-# keys per SCAN step and per pipeline: each round trip is short, so Redis never stalls
-BLACKLIST_SCAN_COUNT = 500
+log = get_logger("agent_service.maintenance")
 # deeper trees are left alone (and counted as errors) rather than holding an fd per level
 MAX_TEMP_DEPTH = 64
 
 
-# --- sessions --------------------------------------------------------------------------------
+class TempFilesCleanup(msgspec.Struct, kw_only=True, tag="cleanup_temp_files", tag_field="type"):
+    """The result of `cleanup_temp_files`; `status: error` with `detail` when TEMP_DIR was refused."""
 
+    deleted_files: int
+    deleted_dirs: int
+    freed_bytes: int
+    freed_mb: float
+    errors: int
+    cutoff_time: datetime
+    status: Literal["success", "error"]
+    started_at: datetime
+    completed_at: datetime
+    detail: str | None = None
 
-async def cleanup_expired_sessions(db: Database, now: datetime, *, clock: Clock = utcnow) -> dict[str, Any]:
-    deleted = await session_store.delete_expired(db, now)
-    result = {
-        "deleted_count": deleted,
-        "cutoff_time": iso(now),
-        "status": "success",
-        "started_at": iso(now),
-        "completed_at": iso(clock()),
-    }
-    log.info("maintenance.sessions_cleaned", **result)
-    return result
-
-
-# --- token blacklist -------------------------------------------------------------------------
-
-
-def _parse_exp(raw: bytes | str) -> float | None:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-async def cleanup_token_blacklist(
-    redis: Redis, now: datetime, *, clock: Clock = utcnow, scan_count: int = BLACKLIST_SCAN_COUNT
-) -> dict[str, Any]:
-    """Remove revoked-token entries whose token has expired; leave live ones (restoring a lost TTL).
-
-    Entries normally expire by their own TTL; this catches those that lost it (restored from a
-    backup or AOF without TTLs, written by hand). SCAN may return a key twice during a rehash, so
-    `scanned`/`remaining` are approximate in that case; `removed` counts actual deletions."""
-    now_ts = now.timestamp()
-    scanned = removed = remaining = ttl_restored = 0
-    cursor: int = 0
-    while True:
-        cursor, keys = await redis.scan(cursor, match=REVOKED_PREFIX + "*", count=scan_count)
-        if keys:
-            read = redis.pipeline(transaction=False)
-            for key in keys:
-                read.get(key)
-                read.ttl(key)
-            # a key of the wrong type answers GET with an error: treated like an unparsable value
-            replies = await read.execute(raise_on_error=False)
-            write = redis.pipeline(transaction=False)
-            ops: list[str] = []
-            for i, key in enumerate(keys):
-                value, ttl = replies[2 * i], replies[2 * i + 1]
-                scanned += 1
-                if isinstance(ttl, Exception):
-                    raise ttl
-                if isinstance(value, Exception):
-                    value = f"<{value}>"
-                if value is None:  # expired or removed since the SCAN
-                    continue
-                exp = _parse_exp(value)
-                if exp is None:
-                    if ttl >= 0:  # it will go by itself; we cannot tell when its token expires
-                        remaining += 1
-                        continue
-                    log.warning("maintenance.blacklist_unparsable", key=_text(key), value=_text(value)[:64])
-                elif exp > now_ts:
-                    remaining += 1
-                    if ttl == -1:
-                        write.expireat(key, math.ceil(exp))
-                        ops.append("expire")
-                    continue
-                write.unlink(key)
-                ops.append("unlink")
-            if ops:
-                for op, outcome in zip(ops, await write.execute(), strict=True):
-                    removed += int(outcome) if op == "unlink" else 0
-                    ttl_restored += int(bool(outcome)) if op == "expire" else 0
-        if cursor == 0:
-            break
-    result = {
-        "scanned": scanned,
-        "removed": removed,
-        "remaining": remaining,
-        "ttl_restored": ttl_restored,
-        "status": "success",
-        "started_at": iso(now),
-        "completed_at": iso(clock()),
-    }
-    log.info("maintenance.blacklist_cleaned", **result)
-    return result
-
-
-# --- temp files ------------------------------------------------------------------------------
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -265,6 +175,3 @@ async def cleanup_temp_files(
     else:
         log.info("maintenance.temp_cleaned", temp_dir=sweep.root, **result)
     return result
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_service.errors import NotFound
-from agent_service.kit.endpoint import operation, route
+from agent_service.kit.endpoint import Docs, Public, endpoint, route
 
 PAGE = "dashboard.html"
 ASSETS: dict[str, str] = {
@@ -22,7 +22,7 @@ ASSETS: dict[str, str] = {
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; frame-ancestors 'none'",
+        "img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -38,16 +38,26 @@ def _asset(name: str, media_type: str) -> Response:
     return Response(_read(name), media_type=media_type, headers=SECURITY_HEADERS)
 
 
-@operation(summary="Dashboard page", tag="Admin", public=True, media_type="text/html",
-           description="The admin dashboard: queue depth, workers, recent tasks with live progress, a task's "
-                       "stream, cancel and retry. Sign in with an API key; the page calls this API with it.")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="Dashboard page", tag="Admin", media_type="text/html",
+        description="The admin dashboard: queue depth, workers, recent tasks with live progress, a task's "
+        "stream, cancel and retry. Sign in with an API key; the page calls this API with it.",
+    ),
+)
 async def page(request: Request) -> Response:
     return _asset(PAGE, "text/html; charset=utf-8")
 
 
-@operation(summary="Dashboard asset", tag="Admin", public=True, errors=(404,), media_type="text/plain",
-           description="The dashboard's script and stylesheet (`dashboard.js`, `dashboard.css`); "
-                       "any other name is a 404.")
+@endpoint(
+    auth=Public(),
+    docs=Docs(
+        summary="Dashboard asset", tag="Admin", errors=(404,), media_type="text/plain",
+        description="The dashboard's script and stylesheet (`dashboard.js`, `dashboard.css`); "
+        "any other name is a 404.",
+    ),
+)
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     media_type = ASSETS.get(name)

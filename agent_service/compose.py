@@ -1,0 +1,39 @@
+"""What every domain contributes to a process, listed once for both entry points: the API routes
+(app.py) and the maintenance jobs (worker.py runs them as crons; app.py lists and triggers them).
+An entry-point module: it may import anything, and only the entry points import it."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from agent_service.agents import endpoints as agents
+from agent_service.audit import endpoints as audit
+from agent_service.audit import jobs as audit_jobs
+from agent_service.identity import endpoints as identity
+from agent_service.identity import jobs as identity_jobs
+from agent_service.kit.deps import Deps
+from agent_service.kit.maintenance import MaintenanceJob, registry
+from agent_service.ops import endpoints as ops
+from agent_service.ops import jobs as ops_jobs
+from agent_service.sessions import endpoints as sessions
+from agent_service.sessions import jobs as sessions_jobs
+from agent_service.tasks import admin_endpoints as task_admin
+from agent_service.tasks import endpoints as tasks
+
+MAINTENANCE: tuple[MaintenanceJob, ...] = (
+    sessions_jobs.CLEANUP_EXPIRED_SESSIONS,
+    audit_jobs.ARCHIVE_OLD_AUDIT_LOGS,
+    identity_jobs.CLEANUP_TOKEN_BLACKLIST,
+    ops_jobs.CLEANUP_TEMP_FILES,
+)
+
+
+def api_routes() -> list[BaseRoute]:
+    """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
+    return [*tasks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
+            *audit.routes, *sessions.routes]
+
+
+def provide_parts(deps: Deps) -> None:
+    """What the composition root decides for every process (web and worker alike)."""
+    deps.provide(registry, MAINTENANCE)

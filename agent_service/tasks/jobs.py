@@ -1,0 +1,86 @@
+"""The arq side of tasks: the agent job functions, and maintenance jobs (declared by each domain)
+turned into arq functions and cron jobs. The worker entry point composes these."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from arq import Retry
+from arq.cron import CronJob, cron
+from arq.worker import Function, func
+
+from agent_service.config import Settings
+from agent_service.kit import cron as cron_spec
+from agent_service.kit.deps import Deps
+from agent_service.kit.maintenance import MaintenanceJob
+from agent_service.tasks import lifecycle, maintenance, queue
+from agent_service.tasks.policy import RetryLater, admit
+from agent_service.tasks.runner import job_name, run_agent_job
+from agent_service.tasks.schemas import AgentJob
+
+MAX_DEFERRALS = 1000
+MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a finished slot
+
+
+async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    deps: Deps = ctx["deps"]
+    job = msgspec.convert(payload, AgentJob)
+    structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
+    try:
+        delay = await admit(deps, job, job_name(job))
+        if delay is not None:
+            await lifecycle.defer(deps, job.task_id)
+            raise Retry(defer=delay)
+        attempt = ctx["job_try"] - await lifecycle.live(deps).deferrals(job.task_id)
+        if attempt == 1 and deps.metrics is not None:
+            await deps.metrics.enqueue_latency(job_name(job), time.time() - ctx["enqueue_time"].timestamp())
+        await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
+    except RetryLater as exc:
+        raise Retry(defer=exc.delay) from None
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
+
+
+async def invoke_agent_async(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    await _run(ctx, payload)
+
+
+async def invoke_agent_with_streaming(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    await _run(ctx, payload)
+
+
+def agent_functions(settings: Settings) -> list[Function]:
+    # Our runner enforces JOB_MAX_RETRIES itself (deferrals by the job rate limits are not tries),
+    # so arq's own cap only guards against endless re-delivery. Results live in the task's own
+    # keys: arq keeps none (keep_result=0), so nothing is stored twice.
+    tries = settings.job_max_retries + 1 + MAX_DEFERRALS
+    return [
+        func(invoke_agent_async, name=queue.INVOKE_AGENT, timeout=settings.job_time_limit, keep_result=0,
+             max_tries=tries),
+        func(invoke_agent_with_streaming, name=queue.INVOKE_AGENT_STREAMING, timeout=settings.stream_job_time_limit,
+             keep_result=0, max_tries=tries),
+    ]
+
+
+def _maintenance_function(job: MaintenanceJob) -> Any:
+    async def run(ctx: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        task_id = payload.get("task_id") if isinstance(payload, dict) else None
+        # cron job ids are "<name>:<slot ms>"; an on-demand run carries its task id instead
+        slot = None if task_id else str(ctx["job_id"]).rpartition(":")[2]
+        result = await maintenance.run(ctx["deps"], job, task_id=task_id, slot=slot)
+        return None if result is None else {"ran": True}
+
+    run.__qualname__ = run.__name__ = job.name
+    return run
+
+
+def maintenance_crons(settings: Settings, jobs: tuple[MaintenanceJob, ...]) -> list[CronJob]:
+    return [
+        cron(_maintenance_function(job), name=job.name, unique=True, keep_result=MAINTENANCE_RESULT_TTL,
+             timeout=settings.job_time_limit, max_tries=1,
+             **cron_spec.parse(job.schedule_setting, getattr(settings, job.schedule_setting)))  # type: ignore[arg-type]
+        for job in jobs
+    ]

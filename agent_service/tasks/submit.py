@@ -1,0 +1,110 @@
+"""Queue an agent invocation as a background task (invoke-async): refuse a doomed job before
+anything is queued, honour scheduling and priority, and make retried submissions idempotent."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import msgspec
+
+from agent_service.agents.schemas import (
+    MAX_SCHEDULE_SECONDS,
+    Agent,
+    AgentError,
+    AgentInput,
+    InvokeAsyncRequest,
+    validate_input,
+)
+from agent_service.agents.service import resolve_agent, to_app_error
+from agent_service.errors import ValidationFailed
+from agent_service.kit import serializer
+from agent_service.kit.deps import Deps
+from agent_service.kit.idempotency import IdempotencyStore, fingerprint
+from agent_service.logging import get_logger
+from agent_service.sessions.service import SessionService
+from agent_service.tasks import lifecycle, queue
+from agent_service.tasks.schemas import AgentJob, TaskAccepted
+
+log = get_logger(__name__)
+
+
+def status_url(deps: Deps, task_id: str) -> str:
+    path = f"/api/v1/agents/tasks/{task_id}"
+    base = deps.settings.public_base_url
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+def _when(deps: Deps, req: InvokeAsyncRequest) -> datetime | None:
+    """The time a scheduled request should run at; None for 'as soon as possible'."""
+    if req.run_at is not None and req.delay_seconds is not None:
+        raise ValidationFailed("Give either run_at or delay_seconds, not both.",
+                               errors=[{"path": "$.delay_seconds", "message": "Not allowed together with run_at"}])
+    now = deps.clock()
+    if req.delay_seconds:
+        return now + timedelta(seconds=req.delay_seconds)
+    if req.run_at is None:
+        return None
+    if req.run_at.tzinfo is None:
+        raise ValidationFailed("run_at needs a time zone offset (RFC 3339).",
+                               errors=[{"path": "$.run_at", "message": "Expected an offset such as Z or +02:00"}])
+    if req.run_at - now > timedelta(seconds=MAX_SCHEDULE_SECONDS):
+        raise ValidationFailed("run_at is more than 7 days ahead.",
+                               errors=[{"path": "$.run_at", "message": "At most 7 days ahead"}])
+    return req.run_at if req.run_at > now else None
+
+
+async def enqueue(
+    deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str, request_id: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[TaskAccepted, bool]:
+    """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key."""
+    agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
+    run_at = _when(deps, req)
+    try:  # a job that is sure to fail on its input is never queued
+        validate_input(agent, AgentInput(message=req.message, metadata=dict(req.metadata or {})))
+    except AgentError as exc:
+        raise to_app_error(exc) from None
+    if req.session_id:
+        await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
+    if idempotency_key is None:
+        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id), False
+    store = IdempotencyStore(deps.redis, prefix=deps.prefix)
+    fp = fingerprint(agent.name, msgspec.json.encode(req))
+    stored = await store.begin(owner_id, idempotency_key, fp)
+    if stored is not None:
+        return msgspec.convert(stored.body, TaskAccepted), True
+    try:
+        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id)
+    except BaseException:
+        await store.abandon(owner_id, idempotency_key)
+        raise
+    await store.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
+    return accepted, False
+
+
+async def _enqueue(
+    deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
+    request_id: str | None,
+) -> TaskAccepted:
+    task_id = uuid.uuid4().hex
+    kind = queue.KIND_STREAM if req.stream else queue.KIND_INVOKE
+    payload = AgentJob(
+        task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
+        metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
+    )
+    job = msgspec.to_builtins(payload)
+    if not serializer.storable(job):
+        raise ValidationFailed("metadata holds values a job cannot carry (integers beyond 64 bits).",
+                               errors=[{"path": "$.metadata", "message": "Integers must fit in 64 bits"}])
+    defer_until, defer_by = queue.schedule(req.priority, run_at)
+    await lifecycle.submit(deps, lifecycle.Submission(
+        task_id=task_id, kind=kind, function=queue.JOB_FOR_KIND[kind], payload=job, agent_id=agent.name,
+        owner_id=owner_id, request_id=request_id, session_id=req.session_id, keep_payload=True,
+        scheduled_for=run_at, priority=req.priority, defer_until=defer_until, defer_by=defer_by,
+    ))
+    log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
+    return TaskAccepted(
+        task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",
+        status_url=status_url(deps, task_id), priority=req.priority, scheduled_for=run_at,
+    )
