@@ -3,6 +3,7 @@ owns the process's Deps (database, Redis, HTTP client, the audit writer…)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount, Route, compile_path
 
 from agent_service.audit import endpoints as audit
 from agent_service.audit import service as audit_service
@@ -25,7 +26,7 @@ from agent_service.identity.tokens import resolve_secret
 from agent_service.kit import api_limits
 from agent_service.kit.client_ip import parse_trusted
 from agent_service.kit.deps import open_deps
-from agent_service.kit.endpoint import WWW_AUTHENTICATE
+from agent_service.kit.endpoint import WWW_AUTHENTICATE, Public, spec_of
 from agent_service.kit.middleware import RequestContextMiddleware
 from agent_service.kit.openapi import builder, docs_pages
 from agent_service.kit.problems import EXCEPTION_HANDLERS, problem
@@ -37,6 +38,17 @@ from agent_service.ops.metrics import HttpMetrics
 
 API_PREFIX = "/api/v1"
 log = get_logger(__name__)
+
+
+def public_paths(routes: list[BaseRoute], prefix: str = "") -> list[re.Pattern[str]]:
+    """The path patterns of every public route (from their endpoint specs)."""
+    found: list[re.Pattern[str]] = []
+    for r in routes:
+        if isinstance(r, Mount):
+            found += public_paths(list(r.routes), prefix + r.path)
+        elif isinstance(r, Route) and isinstance((getattr(r, "spec", None) or spec_of(r.endpoint)).auth, Public):
+            found.append(compile_path(prefix + r.path)[0])
+    return found
 
 
 def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
@@ -83,12 +95,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def api_key(raw: str) -> Principal:
         return await identity_service.principal_from_api_key(app.state.deps, raw)
 
-    # /metrics checks its own token; the token endpoint takes credentials in its body, and OAuth2
-    # clients (the docs' Authorize button) also send their client id as `Authorization: Basic`
-    own_auth = frozenset({"/metrics", f"{API_PREFIX}/auth/token"})
     app.user_middleware = [
         Middleware(RequestContextMiddleware, on_finish=[audit.record_request]),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,
-                   backend=ApiAuthBackend(bearer, api_key, own_auth_paths=own_auth)),
+                   backend=ApiAuthBackend(bearer, api_key, public_paths=public_paths(app.routes))),
     ]
     return app

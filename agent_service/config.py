@@ -52,7 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_system_prompt: str = "You are a helpful assistant."
 
     # --- jobs (mirrors the Celery seed) -------------------------------------------------
-    queue_name: str = "arq:agent-service"
+    queue_name: str = ""  # empty: "<REDIS_KEY_PREFIX>queue"
     worker_max_jobs: PositiveInt = 50
     worker_poll_delay: PositiveFloat = 0.05
     worker_health_interval: PositiveFloat = 5.0
@@ -107,6 +107,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cron_cleanup_temp_files: str = "0 3 * * *"
 
     def __post_init__(self) -> None:
+        if not self.queue_name:
+            msgspec.structs.force_setattr(self, "queue_name", f"{self.redis_key_prefix}queue")
         if self.job_soft_time_limit >= self.job_time_limit:
             raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
         if self.stream_job_soft_time_limit >= self.stream_job_time_limit:

@@ -2,16 +2,25 @@ import pytest
 
 from agent_service.agents.echo import EchoAgent
 from agent_service.agents.registry import AgentRegistry
-from agent_service.agents.schemas import AgentInput, InvalidAgentInput, PermanentAgentError, TransientAgentError
+from agent_service.agents.schemas import (
+    AgentInput,
+    InvalidAgentInput,
+    PermanentAgentError,
+    StreamMeta,
+    TransientAgentError,
+)
 from agent_service.config import load_settings
 from agent_service.errors import ConfigError
 
 
 async def test_stream_joins_back_to_the_message() -> None:
     msg = "  hello   big\nworld "
-    chunks = [c async for c in EchoAgent().stream(AgentInput(message=msg))]
-    assert len(chunks) == 3
-    assert "".join(chunks) == msg
+    items = [c async for c in EchoAgent().stream(AgentInput(message=msg))]
+    # echo announces its size first, so a streaming task's progress can be exact
+    assert items[0] == StreamMeta(expected_chunks=3)
+    chunks = items[1:]
+    assert len(chunks) == 3 and all(isinstance(c, str) for c in chunks)
+    assert "".join(chunks) == msg  # type: ignore[arg-type]
 
 
 async def test_invoke_is_deterministic() -> None:

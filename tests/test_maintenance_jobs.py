@@ -65,20 +65,21 @@ async def test_a_cron_slot_runs_once_across_two_workers(make_settings, start_wor
     settings: Settings = make_settings()
     w1 = await start_worker(settings)
     w2 = await start_worker(settings)
-    slot_id = "cleanup_token_blacklist:1767225600000"
+    name = settings.redis_key_prefix + "cleanup_token_blacklist"  # the job's arq function name
+    slot_id = f"{name}:1767225600000"
     async with app_client(settings) as client:
         deps = client.app.state.deps
         # both workers enqueue the same slot (their clocks disagree, the slot does not)
-        jobs = await asyncio.gather(w1.pool.enqueue_job("cleanup_token_blacklist", _job_id=slot_id,
+        jobs = await asyncio.gather(w1.pool.enqueue_job(name, _job_id=slot_id,
                                                         _queue_name=settings.queue_name),
-                                    w2.pool.enqueue_job("cleanup_token_blacklist", _job_id=slot_id,
+                                    w2.pool.enqueue_job(name, _job_id=slot_id,
                                                         _queue_name=settings.queue_name))
         assert sum(j is not None for j in jobs) == 1
         await wait_for(lambda: deps.redis.exists(result_key_prefix + slot_id), timeout=10)
         # a late worker re-enqueues the slot after arq's guards are gone (result expired, and the
         # in-progress marker arq keeps 60 s after a cron job): our slot claim still stops a second run
         await deps.redis.delete(result_key_prefix + slot_id, in_progress_key_prefix + slot_id)
-        again = await w2.pool.enqueue_job("cleanup_token_blacklist", _job_id=slot_id, _queue_name=settings.queue_name)
+        again = await w2.pool.enqueue_job(name, _job_id=slot_id, _queue_name=settings.queue_name)
         assert again is not None
         await wait_for(lambda: deps.redis.exists(result_key_prefix + slot_id), timeout=10)
         await asyncio.sleep(settings.audit_flush_interval * 3)  # let the workers' audit writers flush
@@ -90,7 +91,10 @@ async def test_a_cron_slot_runs_once_across_two_workers(make_settings, start_wor
 
 async def test_cron_jobs_are_registered_with_the_settings_schedules(make_settings) -> None:  # type: ignore[no-untyped-def]
     ws = build_worker_settings(make_settings(cron_cleanup_temp_files="30 4 * * *"))
-    crons = {c.name: c for c in ws.cron_jobs}  # type: ignore[attr-defined]
+    # arq names carry REDIS_KEY_PREFIX: arq keys a cron run by "<name>:<slot>" across the whole Redis
+    prefix = make_settings().redis_key_prefix
+    crons = {c.name.removeprefix(prefix): c for c in ws.cron_jobs}  # type: ignore[attr-defined]
+    assert all(c.name.startswith(prefix) for c in ws.cron_jobs)  # type: ignore[attr-defined]
     assert set(crons) == {"cleanup_expired_sessions", "archive_old_audit_logs", "cleanup_token_blacklist",
                           "cleanup_temp_files"}
     assert crons["cleanup_temp_files"].hour == {4} and crons["cleanup_temp_files"].minute == {30}

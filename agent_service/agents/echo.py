@@ -18,6 +18,7 @@ from agent_service.agents.schemas import (
     AgentOutput,
     InvalidAgentInput,
     PermanentAgentError,
+    StreamMeta,
     TransientAgentError,
 )
 
@@ -69,8 +70,9 @@ class EchoAgent:
             metadata={"agent": self.name, "chunks": len(chunks), "history_length": len(data.history)},
         )
 
-    async def stream(self, data: AgentInput) -> AsyncIterator[str]:
+    async def stream(self, data: AgentInput) -> AsyncIterator[str | StreamMeta]:
         delay, chunks = self._plan(data)
+        yield StreamMeta(expected_chunks=len(chunks))  # echo knows its size: progress can be exact
         for chunk in chunks:
             if delay:
                 await asyncio.sleep(delay)

@@ -8,8 +8,6 @@ rows share one timestamp.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,8 +16,10 @@ import msgspec
 
 from agent_service.audit.schemas import AuditEntry, AuditPage, AuditQuery, AuditRecord, AuditStats
 from agent_service.clock import iso, parse_iso
-from agent_service.errors import ValidationFailed
 from agent_service.kit.db import Database, Row
+from agent_service.kit.pagination import Keyset
+
+KEYSET = Keyset(time="timestamp", id="id", int_ids=True)
 
 AuditRow = tuple[Any, ...]
 
@@ -75,23 +75,9 @@ async def insert_many(db: Database, entries: Iterable[AuditEntry], *, now: datet
 
 
 def _record(row: Row) -> AuditRecord:
-    return AuditRecord(
-        id=row["id"],
-        timestamp=parse_iso(row["timestamp"]),  # type: ignore[arg-type]
-        actor=row["actor"],
-        actor_user_id=row["actor_user_id"],
-        actor_api_key_id=row["actor_api_key_id"],
-        action=row["action"],
-        resource_type=row["resource_type"],
-        resource_id=row["resource_id"],
-        request_id=row["request_id"],
-        method=row["method"],
-        path=row["path"],
-        status=row["status"],
-        client_ip=row["client_ip"],
-        user_agent=row["user_agent"],
-        metadata=msgspec.json.decode(row["metadata"]),
-    )
+    fields = dict(row)
+    fields["metadata"] = msgspec.json.decode(fields["metadata"])  # stored as JSON text
+    return msgspec.convert(fields, AuditRecord, strict=False)
 
 
 async def get(db: Database, log_id: int) -> AuditRecord | None:
@@ -99,26 +85,6 @@ async def get(db: Database, log_id: int) -> AuditRecord | None:
         return None
     row = await db.fetchone("SELECT * FROM audit_logs WHERE id = ?", (log_id,))
     return _record(row) if row else None
-
-
-def encode_cursor(timestamp: str, log_id: int) -> str:
-    return base64.urlsafe_b64encode(_json.encode([timestamp, log_id])).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, int]:
-    """(normalised ISO timestamp, id); anything else is the client's mistake: 422 on `$.cursor`."""
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        timestamp, log_id = msgspec.json.decode(raw, type=_CursorKey)
-        when = datetime.fromisoformat(timestamp)
-        if when.tzinfo is None:
-            raise ValueError("naive timestamp")
-    except (ValueError, TypeError, binascii.Error, msgspec.DecodeError):
-        raise ValidationFailed(
-            "The cursor is invalid; pass the `next_cursor` of a previous page unchanged.",
-            errors=[{"path": "$.cursor", "message": "Malformed cursor"}],
-        ) from None
-    return iso(when), log_id  # type: ignore[return-value]
 
 
 def _range(since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
@@ -138,7 +104,7 @@ def _where(clauses: list[str]) -> str:
 
 
 async def query(db: Database, q: AuditQuery) -> AuditPage:
-    after = decode_cursor(q.cursor) if q.cursor is not None else None  # validate before any SQL
+    after = KEYSET.after(q.cursor)  # validated before any SQL
     where, params = _range(q.since, q.until)
     for name in _FILTERS:
         value = getattr(q, name)
@@ -146,19 +112,14 @@ async def query(db: Database, q: AuditQuery) -> AuditPage:
             where.append(f"{name} = ?")
             params.append(value)
     if after is not None:
-        # `timestamp <= ?` is an index range; the OR only breaks ties inside one timestamp
-        where.append("timestamp <= ? AND (timestamp < ? OR id < ?)")
-        params.extend([after[0], after[0], after[1]])
+        where.append(after.sql)
+        params.extend(after.params)
     rows = await db.fetchall(
-        f"SELECT * FROM audit_logs{_where(where)} ORDER BY timestamp DESC, id DESC LIMIT ?",
+        f"SELECT * FROM audit_logs{_where(where)}{KEYSET.order_limit}",
         [*params, q.limit + 1],  # one extra row says whether a next page exists
     )
-    page = rows[: q.limit]
-    more = len(rows) > q.limit
-    return AuditPage(
-        items=[_record(r) for r in page],
-        next_cursor=encode_cursor(page[-1]["timestamp"], page[-1]["id"]) if more else None,
-    )
+    page, next_cursor = KEYSET.page(rows, q.limit)
+    return AuditPage(items=[_record(r) for r in page], next_cursor=next_cursor)
 
 
 async def stats(db: Database, *, since: datetime | None = None, until: datetime | None = None) -> AuditStats:

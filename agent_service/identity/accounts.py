@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from agent_service.clock import iso
 from agent_service.errors import Conflict, Forbidden, NotFound
 from agent_service.identity import keys as key_material
 from agent_service.identity import repository as repo
@@ -24,7 +23,6 @@ from agent_service.identity.schemas import (
     UserPage,
     UserUpdate,
 )
-from agent_service.kit import pagination as cursors
 from agent_service.kit.deps import Deps
 
 
@@ -49,8 +47,7 @@ async def create_user(deps: Deps, body: UserCreate) -> UserOut:
 
 
 async def list_users(deps: Deps, *, limit: int, cursor: str | None) -> UserPage:
-    rows = await repo.list_users(deps.db, limit=limit + 1, before=cursors.before_of(cursor))
-    page, nxt = cursors.page_of(rows, limit, lambda u: (iso(u.created_at) or "", u.id))
+    page, nxt = await repo.list_users(deps.db, limit=limit, cursor=cursor)
     return UserPage(items=[user_out(deps, u) for u in page], next_cursor=nxt)
 
 
@@ -129,8 +126,7 @@ async def get_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord
 
 
 async def list_keys(deps: Deps, principal: Principal, *, limit: int, cursor: str | None) -> ApiKeyPage:
-    rows = await repo.list_keys(deps.db, principal.user_id, limit=limit + 1, before=cursors.before_of(cursor))
-    page, nxt = cursors.page_of(rows, limit, lambda k: (iso(k.created_at) or "", k.id))
+    page, nxt = await repo.list_keys(deps.db, principal.user_id, limit=limit, cursor=cursor)
     return ApiKeyPage(items=[key_out(k) for k in page], next_cursor=nxt)
 
 

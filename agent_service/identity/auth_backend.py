@@ -6,7 +6,8 @@ credential at all leaves the request anonymous, and the route decides (see api/r
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
@@ -52,14 +53,17 @@ class CredentialError(AuthenticationError):
 
 
 class ApiAuthBackend(AuthenticationBackend):
-    def __init__(self, bearer: Resolver, api_key: Resolver, *, own_auth_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, bearer: Resolver, api_key: Resolver, *, public_paths: Sequence[re.Pattern[str]] = ()) -> None:
         self._bearer = bearer
         self._api_key = api_key
-        self._own_auth = own_auth_paths  # paths that check their own credential (e.g. /metrics)
+        # public routes ignore credentials: a stale or odd header never turns them into a 401
+        # (the token endpoint reads credentials from its body, /metrics checks its own token)
+        self._public = tuple(public_paths)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         path, root = conn.scope.get("path", ""), conn.scope.get("root_path", "")
-        if (path[len(root):] if root and path.startswith(root) else path) in self._own_auth:
+        local = path[len(root):] if root and path.startswith(root) else path
+        if any(p.match(local) for p in self._public):
             return None
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
-from agent_service.clock import iso, parse_iso
+from agent_service.clock import iso
 from agent_service.kit.db import Database, Row
-from agent_service.kit.pagination import KEYSET_SQL, keyset_params
+from agent_service.kit.pagination import Keyset
+from agent_service.kit.pagination import where as where_sql
+
+KEYSET = Keyset(time="created_at", id="id")
 
 
 class UserRecord(msgspec.Struct, kw_only=True):
@@ -28,12 +32,10 @@ def email_key(email: str) -> str:
 
 
 def _user(row: Row) -> UserRecord:
-    return UserRecord(
-        id=row["id"], email=row["email"], name=row["name"], password_hash=row["password_hash"],
-        roles=tuple(r for r in row["roles"].split(",") if r), tier=row["tier"], is_active=bool(row["is_active"]),
-        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=parse_iso(row["updated_at"]),  # type: ignore[arg-type]
-    )
+    fields = dict(row)
+    fields["roles"] = [r for r in fields["roles"].split(",") if r]  # stored comma-separated
+    fields["is_active"] = bool(fields["is_active"])
+    return msgspec.convert(fields, UserRecord, strict=False)
 
 
 async def create_user(db: Database, *, user_id: str, email: str, name: str, password_hash: str,
@@ -66,11 +68,13 @@ async def count_users(db: Database) -> int:
     return int(row[0]) if row else 0
 
 
-async def list_users(db: Database, *, limit: int, before: tuple[str, str] | None) -> list[UserRecord]:
-    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    where, params = (f" WHERE {KEYSET_SQL}", keyset_params(before)) if before else ("", [])
-    rows = await db.fetchall(f"SELECT * FROM users{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
-    return [_user(r) for r in rows]
+async def list_users(db: Database, *, limit: int, cursor: str | None) -> tuple[list[UserRecord], str | None]:
+    """Newest first, and the next page's cursor."""
+    after = KEYSET.after(cursor)
+    where, params = (f" WHERE {after.sql}", after.params) if after else ("", [])
+    rows = await db.fetchall(f"SELECT * FROM users{where}{KEYSET.order_limit}", (*params, limit + 1))
+    page, nxt = KEYSET.page(rows, limit)
+    return [_user(r) for r in page], nxt
 
 
 async def update_user(db: Database, user_id: str, *, now: datetime, roles: tuple[str, ...] | None = None,
@@ -99,13 +103,9 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
 
 
 def _key(row: Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row["id"], user_id=row["user_id"], name=row["name"], prefix=row["prefix"],
-        scopes=tuple(s for s in row["scopes"].split(" ") if s), tier=row["tier"],
-        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
-        expires_at=parse_iso(row["expires_at"]), last_used_at=parse_iso(row["last_used_at"]),
-        revoked_at=parse_iso(row["revoked_at"]),
-    )
+    fields = dict(row)
+    fields["scopes"] = [s for s in fields["scopes"].split(" ") if s]  # stored space-separated
+    return msgspec.convert(fields, ApiKeyRecord, strict=False)
 
 
 async def create_key(db: Database, *, key_id: str, user_id: str, name: str, key_hash: str, prefix: str,
@@ -128,18 +128,19 @@ async def get_key(db: Database, key_id: str) -> ApiKeyRecord | None:
 
 
 async def list_keys(
-    db: Database, user_id: str | None, *, limit: int, before: tuple[str, str] | None
-) -> list[ApiKeyRecord]:
-    where, params = [], []
+    db: Database, user_id: str | None, *, limit: int, cursor: str | None
+) -> tuple[list[ApiKeyRecord], str | None]:
+    where: list[str] = []
+    params: list[Any] = []
     if user_id is not None:
         where.append("user_id = ?")
         params.append(user_id)
-    if before is not None:
-        where.append(KEYSET_SQL)
-        params += keyset_params(before)
-    sql = "SELECT * FROM api_keys" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = await db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
-    return [_key(r) for r in rows]
+    if (after := KEYSET.after(cursor)) is not None:
+        where.append(after.sql)
+        params += after.params
+    rows = await db.fetchall(f"SELECT * FROM api_keys{where_sql(where)}{KEYSET.order_limit}", (*params, limit + 1))
+    page, nxt = KEYSET.page(rows, limit)
+    return [_key(r) for r in page], nxt
 
 
 async def revoke_key(db: Database, key_id: str, *, now: datetime) -> bool:
@@ -184,11 +185,7 @@ async def refresh_by_hash(db: Database, token_hash: str) -> RefreshRecord | None
     row = await db.fetchone("SELECT * FROM refresh_tokens WHERE token_hash = ?", (token_hash,))
     if row is None:
         return None
-    return RefreshRecord(
-        id=row["id"], family_id=row["family_id"], user_id=row["user_id"],
-        expires_at=parse_iso(row["expires_at"]),  # type: ignore[arg-type]
-        used_at=parse_iso(row["used_at"]), revoked_at=parse_iso(row["revoked_at"]),
-    )
+    return msgspec.convert(dict(row), RefreshRecord, strict=False)
 
 
 async def consume_refresh(db: Database, token_id: str, *, now: datetime) -> bool:

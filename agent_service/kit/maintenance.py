@@ -18,6 +18,11 @@ class MaintenanceJob:
     schedule_setting: str  # the Settings field holding its cron schedule ("minute hour * * *", UTC)
     run: Callable[[Deps], Awaitable[msgspec.Struct]]
 
+    def function_name(self, key_prefix: str) -> str:
+        """Its arq function (and cron) name. arq keys a cron run by `<name>:<slot>` across the whole
+        Redis, so the prefix keeps two deployments sharing one Redis from skipping each other's runs."""
+        return f"{key_prefix}{self.name}"
+
     def schedule(self, deps: Deps) -> str:
         value: str = getattr(deps.settings, self.schedule_setting)
         return value

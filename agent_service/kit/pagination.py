@@ -1,18 +1,41 @@
-"""Opaque pagination cursors: URL-safe base64 of the last row's sort key."""
+"""The one pagination helper: keyset pages, newest first, over (a time column, an id column), with
+an opaque cursor (URL-safe base64 of the last row's key). Every list of the API uses it.
+
+    KEYSET = Keyset(time="created_at", id="id")
+    after = KEYSET.after(cursor)                   # validated before any SQL (422 on `$.cursor`)
+    sql += " AND " + after.sql; params += after.params
+    rows = await db.fetchall(sql + KEYSET.order_limit, (*params, limit + 1))
+    items, next_cursor = KEYSET.page(rows, limit)
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from agent_service.clock import iso
 from agent_service.errors import ValidationFailed
 
 MAX_CURSOR_LENGTH = 512
-T = TypeVar("T")
+
+
+class Keyed(Protocol):
+    """A row whose columns are read by name (sqlite3.Row, asyncpg.Record, a dict)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+R = TypeVar("R", bound=Keyed)
+
+
+def _bad() -> ValidationFailed:
+    return ValidationFailed("The cursor is not valid; pass the `next_cursor` of a previous page unchanged.",
+                            errors=[{"path": "$.cursor", "message": "Invalid cursor"}])
 
 
 def encode(*parts: str | int) -> str:
@@ -21,36 +44,58 @@ def encode(*parts: str | int) -> str:
 
 def decode(cursor: str, arity: int) -> list[str | int]:
     """The parts of a cursor made by `encode`; anything else is a 422 naming `$.cursor`."""
-    bad = ValidationFailed("The cursor is not valid.", errors=[{"path": "$.cursor", "message": "Invalid cursor"}])
     if len(cursor) > MAX_CURSOR_LENGTH:
-        raise bad
+        raise _bad()
     try:
         parts = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise bad from None
+        raise _bad() from None
     if not isinstance(parts, list) or len(parts) != arity or not all(isinstance(p, str | int) for p in parts):
-        raise bad
+        raise _bad()
     return parts
 
 
-# Keyset pagination, newest first, over (created_at, id): the WHERE fragment for "after the last
-# row of the previous page", and its parameters.
-KEYSET_SQL = "(created_at < ? OR (created_at = ? AND id < ?))"
+class After(msgspec.Struct, frozen=True):
+    sql: str
+    params: list[Any]
 
 
-def keyset_params(before: tuple[str, str]) -> list[str]:
-    return [before[0], before[0], before[1]]
+class Keyset(msgspec.Struct, frozen=True, kw_only=True):
+    time: str = "created_at"
+    id: str = "id"
+    int_ids: bool = False
+
+    @property
+    def order_limit(self) -> str:
+        return f" ORDER BY {self.time} DESC, {self.id} DESC LIMIT ?"
+
+    def after(self, cursor: str | None) -> After | None:
+        """'Rows after the cursor's row', or None for the first page. `time <= ?` keeps it an index
+        range; the OR only breaks ties inside one instant."""
+        if not cursor:
+            return None
+        when, last_id = decode(cursor, 2)
+        if not isinstance(when, str) or isinstance(last_id, int) != self.int_ids:
+            raise _bad()
+        if isinstance(last_id, int) and not 0 < last_id < 2**63:  # a row id SQL can hold
+            raise _bad()
+        try:
+            parsed = datetime.fromisoformat(when)
+        except ValueError:
+            raise _bad() from None
+        if parsed.tzinfo is None:
+            raise _bad()
+        at = iso(parsed)  # re-normalised: string order in SQL is time order, whatever came back
+        return After(sql=f"{self.time} <= ? AND ({self.time} < ? OR {self.id} < ?)", params=[at, at, last_id])
+
+    def page(self, rows: Sequence[R], limit: int) -> tuple[list[R], str | None]:
+        """Given up to limit+1 rows (mappings with the key columns), the page and the next cursor."""
+        page = list(rows[:limit])
+        if len(rows) <= limit:
+            return page, None
+        last = page[-1]
+        return page, encode(last[self.time], last[self.id])
 
 
-def before_of(cursor: str | None) -> tuple[str, str] | None:
-    """The (created_at, id) a page cursor points after; None for the first page."""
-    if not cursor:
-        return None
-    created_at, last_id = decode(cursor, 2)
-    return str(created_at), str(last_id)
-
-
-def page_of(rows: list[T], limit: int, key: Callable[[T], tuple[str, str]]) -> tuple[list[T], str | None]:
-    """Given up to limit+1 rows, the page and the cursor of the next one (None on the last page)."""
-    page = rows[:limit]
-    return page, (encode(*key(page[-1])) if len(rows) > limit else None)
+def where(clauses: Sequence[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""

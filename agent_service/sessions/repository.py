@@ -8,14 +8,14 @@ recorded at once in one session, from any process, both land: no lost update. A 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import aiosqlite
 import msgspec
 
-from agent_service.clock import iso, parse_iso
-from agent_service.errors import ValidationFailed
-from agent_service.kit import pagination as cursors
+from agent_service.clock import iso
 from agent_service.kit.db import Database, Row
+from agent_service.kit.pagination import Keyset
 from agent_service.sessions.schemas import SessionDetail, SessionMessage, SessionPage, SessionSummary
 
 _SUMMARY_COLUMNS = (
@@ -28,6 +28,7 @@ _UPSERT = (
     " messages = excluded.messages, message_count = excluded.message_count, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, last_activity = excluded.last_activity, expires_at = excluded.expires_at"
 )
+KEYSET = Keyset(time="last_activity", id="id")
 # one short write transaction per batch: the web process never waits long behind the cleanup
 DELETE_BATCH = 500
 
@@ -35,30 +36,14 @@ _messages_decoder = msgspec.json.Decoder(list[SessionMessage])
 _encoder = msgspec.json.Encoder()
 
 
-def _time(value: str) -> datetime:
-    return parse_iso(value)  # type: ignore[return-value]
-
-
 def _summary(row: Row) -> SessionSummary:
-    return SessionSummary(
-        id=row["id"],
-        agent_id=row["agent_id"],
-        title=row["title"],
-        message_count=row["message_count"],
-        created_at=_time(row["created_at"]),
-        updated_at=_time(row["updated_at"]),
-        last_activity=_time(row["last_activity"]),
-        expires_at=_time(row["expires_at"]),
-    )
+    return msgspec.convert(dict(row), SessionSummary, strict=False)
 
 
 def _detail(row: Row) -> SessionDetail:
-    s = _summary(row)
-    return SessionDetail(
-        id=s.id, agent_id=s.agent_id, title=s.title, message_count=s.message_count, created_at=s.created_at,
-        updated_at=s.updated_at, last_activity=s.last_activity, expires_at=s.expires_at,
-        messages=_messages_decoder.decode(row["messages"]),
-    )
+    fields = dict(row)
+    fields["messages"] = _messages_decoder.decode(fields["messages"])  # stored as JSON text
+    return msgspec.convert(fields, SessionDetail, strict=False)
 
 
 def _fresh(session_id: str, agent_id: str, now: datetime, expires_at: datetime) -> SessionDetail:
@@ -135,41 +120,18 @@ async def append(
     return current
 
 
-def _bad_cursor() -> ValidationFailed:
-    return ValidationFailed("The cursor is not valid.", errors=[{"path": "$.cursor", "message": "Invalid cursor"}])
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    activity, session_id = cursors.decode(cursor, 2)
-    if not isinstance(activity, str) or not isinstance(session_id, str):
-        raise _bad_cursor()
-    try:
-        parsed = datetime.fromisoformat(activity)
-    except ValueError:
-        raise _bad_cursor() from None
-    if parsed.tzinfo is None:
-        raise _bad_cursor()
-    # re-normalised so that string order in SQL is time order, whatever the client sent back
-    return iso(parsed) or activity, session_id
-
-
 async def list_page(
     db: Database, owner_id: str, *, now: datetime, limit: int, cursor: str | None = None
 ) -> SessionPage:
     """The owner's live sessions, most recently active first (ties by id, descending)."""
-    params: list[str | int] = [owner_id, iso(now) or ""]
+    params: list[Any] = [owner_id, iso(now) or ""]
     sql = f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE owner_id = ? AND expires_at > ?"
-    if cursor is not None:
-        activity, session_id = _decode_cursor(cursor)
-        sql += " AND (last_activity < ? OR (last_activity = ? AND id < ?))"
-        params += [activity, activity, session_id]
-    rows = await db.fetchall(sql + " ORDER BY last_activity DESC, id DESC LIMIT ?", (*params, limit + 1))
-    items = [_summary(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = cursors.encode(last["last_activity"], last["id"])
-    return SessionPage(items=items, next_cursor=next_cursor)
+    if (after := KEYSET.after(cursor)) is not None:
+        sql += " AND " + after.sql
+        params += after.params
+    rows = await db.fetchall(sql + KEYSET.order_limit, (*params, limit + 1))
+    page, next_cursor = KEYSET.page(rows, limit)
+    return SessionPage(items=[_summary(r) for r in page], next_cursor=next_cursor)
 
 
 async def delete(db: Database, owner_id: str, session_id: str, *, live_at: datetime | None = None) -> bool:

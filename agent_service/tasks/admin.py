@@ -33,8 +33,8 @@ async def trigger_maintenance(deps: Deps, name: str, *, owner_id: str, request_i
         raise NotFound(f"No maintenance job named {name!r}.", code="job_not_found")
     task_id = uuid.uuid4().hex
     await lifecycle.submit(deps, lifecycle.Submission(
-        task_id=task_id, kind="maintenance", function=job.name, payload={"task_id": task_id}, agent_id=job.name,
-        owner_id=owner_id, request_id=request_id,
+        task_id=task_id, kind="maintenance", function=job.function_name(deps.prefix), payload={"task_id": task_id},
+        agent_id=job.name, owner_id=owner_id, request_id=request_id,
     ))
     return TaskAccepted(task_id=task_id, status="queued", message=f"Maintenance job {name!r} queued.",
                         status_url=status_url(deps, task_id))

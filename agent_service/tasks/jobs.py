@@ -65,7 +65,7 @@ def agent_functions(settings: Settings) -> list[Function]:
     ]
 
 
-def _maintenance_function(job: MaintenanceJob) -> Any:
+def _maintenance_function(job: MaintenanceJob, name: str) -> Any:
     async def run(ctx: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
         task_id = payload.get("task_id") if isinstance(payload, dict) else None
         # cron job ids are "<name>:<slot ms>"; an on-demand run carries its task id instead
@@ -73,13 +73,14 @@ def _maintenance_function(job: MaintenanceJob) -> Any:
         result = await maintenance.run(ctx["deps"], job, task_id=task_id, slot=slot)
         return None if result is None else {"ran": True}
 
-    run.__qualname__ = run.__name__ = job.name
+    run.__qualname__ = run.__name__ = name
     return run
 
 
 def maintenance_crons(settings: Settings, jobs: tuple[MaintenanceJob, ...]) -> list[CronJob]:
     return [
-        cron(_maintenance_function(job), name=job.name, unique=True, keep_result=MAINTENANCE_RESULT_TTL,
+        cron(_maintenance_function(job, job.function_name(settings.redis_key_prefix)),
+             name=job.function_name(settings.redis_key_prefix), unique=True, keep_result=MAINTENANCE_RESULT_TTL,
              timeout=settings.job_time_limit, max_tries=1,
              **cron_spec.parse(job.schedule_setting, getattr(settings, job.schedule_setting)))  # type: ignore[arg-type]
         for job in jobs

@@ -5,14 +5,19 @@ Only tasks/lifecycle.py calls the writes; services read."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
 from agent_service.clock import iso
 from agent_service.kit.db import Database, Row
-from agent_service.kit.pagination import KEYSET_SQL, keyset_params
+from agent_service.kit.pagination import Keyset
+from agent_service.kit.pagination import where as where_sql
 
 _FINISHED = "('SUCCESS', 'FAILURE', 'REVOKED')"
+
+
+KEYSET = Keyset(time="created_at", id="id")
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
@@ -113,22 +118,21 @@ async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
 
 
 async def list_page(
-    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int,
-    before: tuple[str, str] | None,
-) -> list[TaskRecord]:
-    """Newest first. `owner_id=None` lists everyone's (admins)."""
+    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int, cursor: str | None,
+) -> tuple[list[TaskRecord], str | None]:
+    """Newest first, and the next page's cursor. `owner_id=None` lists everyone's (admins)."""
     where: list[str] = []
-    params: list[str | int] = []
+    params: list[Any] = []
     for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-    if before is not None:
-        where.append(KEYSET_SQL)
-        params += keyset_params(before)
-    sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = await db.fetchall(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit))
-    return [_record(r) for r in rows]
+    if (after := KEYSET.after(cursor)) is not None:
+        where.append(after.sql)
+        params += after.params
+    rows = await db.fetchall(f"SELECT * FROM tasks{where_sql(where)}{KEYSET.order_limit}", (*params, limit + 1))
+    page, nxt = KEYSET.page(rows, limit)
+    return [_record(r) for r in page], nxt
 
 
 async def count_by_state(db: Database) -> dict[str, int]:

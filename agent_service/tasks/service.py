@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agent_service.clock import iso
 from agent_service.errors import AppError, Conflict, Forbidden, NotFound
-from agent_service.kit import pagination as cursors
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.tasks import lifecycle
@@ -74,9 +72,8 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     if not is_admin and q.owner not in (None, owner_id):
         raise Forbidden("Only admins may list other users' tasks.", code="insufficient_scope")
     owner = q.owner if is_admin else owner_id  # admins without `owner=` see everyone's
-    rows = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit + 1,
-                                      before=cursors.before_of(q.cursor))
-    page, nxt = cursors.page_of(rows, q.limit, lambda r: (iso(r.created_at) or "", r.id))
+    page, nxt = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit,
+                                           cursor=q.cursor)
     live = await lifecycle.live(deps).progress_many([r.id for r in page if r.state in LIVE_STATES])
     return TaskPage(items=[summary(r, progress_of(r.state, live.get(r.id))) for r in page], next_cursor=nxt)
 
