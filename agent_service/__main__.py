@@ -18,7 +18,7 @@ from agent_service.cli.dev import run_dev
 from agent_service.config import Settings, load_settings
 from agent_service.errors import AppError, ConfigError
 from agent_service.identity.schemas import TIERS
-from agent_service.kit.db import Database
+from agent_service.kit.deps import open_database
 from agent_service.kit.fast_worker import FastWorker
 from agent_service.kit.migrations import migrate
 from agent_service.logging import configure_logging
@@ -41,7 +41,7 @@ def _worker(settings: Settings) -> int:
 
 def _migrate(settings: Settings) -> int:
     async def go() -> list[str]:
-        db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+        db = await open_database(settings)
         try:
             return await migrate(db)
         finally:

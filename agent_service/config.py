@@ -33,8 +33,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- stores --------------------------------------------------------------------------
     redis_url: str | None = None  # None: `dev` starts an embedded server
     redis_key_prefix: str = "agent-service:"  # every key the project owns (arq's own keys aside)
-    database_path: str = "var/agent_service.db"
+    database_url: str | None = None  # postgresql://… (PaaS add-ons set it): PostgreSQL instead of SQLite
+    database_path: str = "var/agent_service.db"  # the SQLite file when DATABASE_URL is unset
     db_busy_timeout_ms: PositiveInt = 5000
+    db_pool_min: NonNegInt = 1
+    db_pool_max: PositiveInt = 10
+    db_acquire_timeout: PositiveFloat = 5.0  # waiting longer for a pooled connection is a 503
+    db_command_timeout: PositiveFloat = 30.0
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: PositiveInt = 1_048_576

@@ -126,17 +126,15 @@ async def stats(db: Database, *, since: datetime | None = None, until: datetime 
     where, params = _range(since, until)
     clause = _where(where)
     # one read transaction: the totals and the breakdowns come from the same snapshot
-    async with db.transaction(immediate=False) as conn:
-        async with conn.execute(f"SELECT action, COUNT(*) FROM audit_logs{clause} GROUP BY action", params) as cur:
-            by_action = {r[0]: r[1] for r in await cur.fetchall()}
-        async with conn.execute(
-            f"SELECT resource_type, COUNT(*) FROM audit_logs{clause} GROUP BY resource_type", params
-        ) as cur:
-            by_resource = {r[0]: r[1] for r in await cur.fetchall()}
-        async with conn.execute(
-            f"SELECT COUNT(*), COUNT(DISTINCT actor), MIN(timestamp), MAX(timestamp) FROM audit_logs{clause}", params
-        ) as cur:
-            total, actors, first, last = await cur.fetchone() or (0, 0, None, None)
+    async with db.transaction(immediate=False) as tx:
+        rows = await tx.fetchall(f"SELECT action, COUNT(*) FROM audit_logs{clause} GROUP BY action", params)
+        by_action = {r[0]: r[1] for r in rows}
+        rows = await tx.fetchall(f"SELECT resource_type, COUNT(*) FROM audit_logs{clause} GROUP BY resource_type",
+                                 params)
+        by_resource = {r[0]: r[1] for r in rows}
+        row = await tx.fetchone(
+            f"SELECT COUNT(*), COUNT(DISTINCT actor), MIN(timestamp), MAX(timestamp) FROM audit_logs{clause}", params)
+        total, actors, first, last = (row[0], row[1], row[2], row[3]) if row else (0, 0, None, None)
     return AuditStats(
         total=total,
         unique_actors=actors,
@@ -172,10 +170,8 @@ async def has_rows(db: Database, *, first_id: int, last_id: int, since: datetime
 async def delete_ids(db: Database, ids: Sequence[int]) -> int:
     """Delete these rows in one transaction; returns how many existed."""
     deleted = 0
-    async with db.transaction() as conn:
+    async with db.transaction() as tx:
         for start in range(0, len(ids), _DELETE_CHUNK):
             chunk = list(ids[start : start + _DELETE_CHUNK])
-            cur = await conn.execute(f"DELETE FROM audit_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-            deleted += cur.rowcount
-            await cur.close()
+            deleted += await tx.execute(f"DELETE FROM audit_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
     return deleted

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from agent_service.clock import iso
-from agent_service.kit.db import Database, Row
+from agent_service.kit.db import Database, Row, UniqueViolation
 from agent_service.kit.pagination import Keyset
 from agent_service.kit.pagination import where as where_sql
 
@@ -40,16 +40,16 @@ def _user(row: Row) -> UserRecord:
 
 async def create_user(db: Database, *, user_id: str, email: str, name: str, password_hash: str,
                  roles: tuple[str, ...], tier: str | None, now: datetime) -> bool:
-    """False when the email is taken."""
-    async with db.transaction() as tx:
-        async with tx.execute("SELECT 1 FROM users WHERE email_key = ?", (email_key(email),)) as cur:
-            if await cur.fetchone():
-                return False
-        await tx.execute(
+    """False when the email is taken (the unique index decides, so concurrent sign-ups on two
+    machines cannot both win)."""
+    try:
+        await db.execute(
             "INSERT INTO users (id, email, email_key, name, password_hash, roles, tier, is_active, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
             (user_id, email.strip(), email_key(email), name, password_hash, ",".join(roles), tier, iso(now), iso(now)),
         )
+    except UniqueViolation:
+        return False
     return True
 
 

@@ -1,75 +1,121 @@
-"""The aiosqlite connection: WAL + busy_timeout so the web and worker processes share one file."""
+"""The SQL seam: one interface over SQLite (aiosqlite, the zero-setup default) and PostgreSQL
+(asyncpg with a pool, for many machines). Repositories write portable SQL with `?` placeholders
+and ISO-8601 UTC text timestamps (fixed width, so string order is time order, and timezone-aware
+when read back in both); every dialect difference lives here and in the two drivers:
+
+| difference | SQLite | PostgreSQL |
+|---|---|---|
+| placeholders | `?` | `$1…$n` (translated here) |
+| a claim's row lock | BEGIN IMMEDIATE (the whole file) | `… FOR UPDATE` (`db.for_update`) |
+| migrations lock | BEGIN IMMEDIATE | `pg_advisory_xact_lock` |
+| auto ids | AUTOINCREMENT | identity column (per-dialect migration) |
+| rows changed | cursor.rowcount | the command tag (`UPDATE 3`) |
+
+A store that cannot answer (locked past its timeout, disk full, server gone, pool exhausted)
+raises `DatabaseUnavailable`, a 503 with Retry-After; a broken unique constraint raises
+`UniqueViolation`. Driver exceptions never reach a caller.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
-import aiosqlite
+from agent_service.config import Settings
+from agent_service.errors import ConfigError, ServiceUnavailable
 
-Row = aiosqlite.Row
+Dialect = Literal["sqlite", "postgresql"]
+RETRY_AFTER = "2"
 
 
-class Database:
-    """Autocommit connection; multi-statement work goes through `transaction()`.
+class Row(Protocol):
+    """A result row: columns by name or position (sqlite3.Row and asyncpg.Record both are)."""
 
-    One connection serves the whole process, so every statement holds a lock while it runs:
-    two coroutines must never interleave statements inside one BEGIN, and a write must never
-    run while a read statement is still open on the connection — SQLite would then answer
-    "database is locked" at once instead of waiting out busy_timeout for the other process.
-    """
+    def __getitem__(self, key: str | int, /) -> Any: ...
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self._tx_lock = asyncio.Lock()
+    def keys(self) -> Any: ...
 
-    @classmethod
-    async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> Database:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        return cls(conn)
 
-    async def close(self) -> None:
-        await self._conn.close()
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; returns the number of rows changed."""
-        async with self._tx_lock:
-            cur = await self._conn.execute(sql, params)
-            count = cur.rowcount
-            await cur.close()
-            return count
+    def __init__(self, detail: str = "The database is unavailable right now; try again shortly.") -> None:
+        super().__init__(detail, headers={"Retry-After": RETRY_AFTER})
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as tx:
-            await tx.executemany(sql, rows)
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self._tx_lock, self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+class UniqueViolation(Exception):
+    """An INSERT or UPDATE broke a unique constraint (e.g. two sign-ups with one email)."""
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._tx_lock, self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
 
-    @asynccontextmanager
-    async def transaction(self, *, immediate: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between processes."""
-        async with self._tx_lock:
-            await self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            else:
-                await self._conn.execute("COMMIT")
+class Tx(Protocol):
+    """Statements inside one transaction."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Database(Tx, Protocol):
+    """Autocommit statements, and `transaction()` for work that must be atomic."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def for_update(self) -> str:
+        """Appended to a SELECT that claims the rows it reads until the transaction ends."""
+        ...
+
+    def transaction(self, *, immediate: bool = True) -> AbstractAsyncContextManager[Tx]: ...
+
+    async def ping(self, *, write: bool = False) -> None:
+        """Raise DatabaseUnavailable unless the database answers (and, with `write`, can write)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def to_dollar(sql: str) -> str:
+    """`?` placeholders as `$1…$n`, leaving quoted text alone."""
+    out: list[str] = []
+    n = 0
+    quote: str | None = None
+    for ch in sql:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def dialect_of(settings: Settings) -> Dialect:
+    return "postgresql" if settings.database_url else "sqlite"
+
+
+def check_database_url(url: str) -> str:
+    """The URL asyncpg should use; a ConfigError naming DATABASE_URL and what is wrong otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"DATABASE_URL must start with postgresql:// or postgres:// (got {parts.scheme or 'no'} "
+                          "scheme)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("DATABASE_URL has an invalid port") from None
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError("DATABASE_URL names no host")
+    if not parts.path.strip("/"):
+        raise ConfigError("DATABASE_URL names no database (postgresql://user:password@host:port/DATABASE)")
+    del port
+    return url

@@ -18,7 +18,9 @@ import httpx
 
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
-from agent_service.kit.db import Database
+from agent_service.kit.db import Database, check_database_url
+from agent_service.kit.db_postgres import PostgresDatabase
+from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.metrics import JobMetrics, WorkerStats
 from agent_service.kit.migrations import migrate
 from agent_service.kit.ratelimit import RateLimiter
@@ -73,8 +75,19 @@ class Deps:
         await self.db.close()
 
 
+async def open_database(settings: Settings) -> Database:
+    """PostgreSQL when DATABASE_URL is set, else the SQLite file at DATABASE_PATH."""
+    if settings.database_url:
+        return await PostgresDatabase.open(
+            check_database_url(settings.database_url), min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max, acquire_timeout=settings.db_acquire_timeout,
+            command_timeout=settings.db_command_timeout,
+        )
+    return await SqliteDatabase.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+
+
 async def open_deps(settings: Settings, *, redis: RedisConn | None = None, clock: Clock = utcnow) -> Deps:
-    db = await Database.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+    db = await open_database(settings)
     await migrate(db)
     redis = redis if redis is not None else connect(settings)
     return Deps(

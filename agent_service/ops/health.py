@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 from redis.exceptions import RedisError
 
+from agent_service.kit.db import DatabaseUnavailable
 from agent_service.kit.deps import Deps
 from agent_service.ops.schemas import Health, HealthComponent
 from agent_service.ops.workers import WorkerBoard
@@ -24,10 +24,11 @@ async def _redis(deps: Deps) -> HealthComponent:
 
 
 async def _database(deps: Deps) -> HealthComponent:
+    """Answers, and can be written: a locked or full SQLite file, or a read-only server, is not ready."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            await deps.db.fetchone("SELECT 1")
-    except (sqlite3.Error, OSError, TimeoutError):
+            await deps.db.ping(write=True)
+    except (DatabaseUnavailable, TimeoutError):
         return HealthComponent(ok=False, detail="database unavailable")
     return HealthComponent(ok=True)
 

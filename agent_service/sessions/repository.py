@@ -10,11 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from agent_service.clock import iso
-from agent_service.kit.db import Database, Row
+from agent_service.kit.db import Database, Row, Tx
 from agent_service.kit.pagination import Keyset
 from agent_service.sessions.schemas import SessionDetail, SessionMessage, SessionPage, SessionSummary
 
@@ -53,13 +52,14 @@ def _fresh(session_id: str, agent_id: str, now: datetime, expires_at: datetime) 
     )
 
 
-async def _read(tx: aiosqlite.Connection, owner_id: str, session_id: str) -> SessionDetail | None:
-    async with tx.execute("SELECT * FROM sessions WHERE owner_id = ? AND id = ?", (owner_id, session_id)) as cur:
-        row = await cur.fetchone()
+async def _read(db: Database, tx: Tx, owner_id: str, session_id: str) -> SessionDetail | None:
+    """The row, claimed for this transaction (two exchanges on one session serialize here)."""
+    row = await tx.fetchone(f"SELECT * FROM sessions WHERE owner_id = ? AND id = ?{db.for_update}",
+                            (owner_id, session_id))
     return _detail(row) if row else None
 
 
-async def _write(tx: aiosqlite.Connection, owner_id: str, s: SessionDetail) -> None:
+async def _write(tx: Tx, owner_id: str, s: SessionDetail) -> None:
     await tx.execute(
         _UPSERT,
         (owner_id, s.id, s.agent_id, s.title, _encoder.encode(s.messages).decode(), len(s.messages),
@@ -78,7 +78,7 @@ async def open_session(
 ) -> SessionDetail:
     """Create the session, restart it if it has expired, or just mark it active; returns it."""
     async with db.transaction() as tx:
-        current = await _read(tx, owner_id, session_id)
+        current = await _read(db, tx, owner_id, session_id)
         if current is None or current.expires_at <= now:
             current = _fresh(session_id, agent_id, now, expires_at)
             await _write(tx, owner_id, current)
@@ -107,7 +107,7 @@ async def append(
     """Add `messages`, keeping the newest `max_messages`. A missing or expired session is started
     afresh with them; `title` is used only while the session has none."""
     async with db.transaction() as tx:
-        current = await _read(tx, owner_id, session_id)
+        current = await _read(db, tx, owner_id, session_id)
         if current is None or current.expires_at <= now:
             current = _fresh(session_id, agent_id, now, expires_at)
         kept = [*current.messages, *messages][-max_messages:] if max_messages > 0 else []
@@ -158,12 +158,9 @@ async def delete_expired(db: Database, now: datetime, *, batch_size: int = DELET
             return total
         async with db.transaction() as tx:
             # re-checked per row: a session used again since the SELECT is live and stays
-            cur = await tx.executemany(
-                "DELETE FROM sessions WHERE owner_id = ? AND id = ? AND expires_at <= ?",
-                [(k["owner_id"], k["id"], cutoff) for k in keys],
-            )
-            total += max(cur.rowcount, 0)
-            await cur.close()
+            for k in keys:
+                total += await tx.execute("DELETE FROM sessions WHERE owner_id = ? AND id = ? AND expires_at <= ?",
+                                          (k["owner_id"], k["id"], cutoff))
         if len(keys) < batch_size:
             return total
 
