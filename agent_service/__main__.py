@@ -17,8 +17,9 @@ from agent_service.cli import enqueue as enqueue_cli
 from agent_service.cli.dev import run_dev
 from agent_service.config import Settings, load_settings
 from agent_service.errors import AppError, ConfigError
+from agent_service.identity import accounts
 from agent_service.identity.schemas import TIERS
-from agent_service.kit.deps import open_database
+from agent_service.kit.deps import open_database, open_deps
 from agent_service.kit.fast_worker import FastWorker
 from agent_service.kit.migrations import migrate
 from agent_service.logging import configure_logging
@@ -26,6 +27,7 @@ from agent_service.worker import build_worker_settings
 
 
 def _web(settings: Settings) -> int:
+    settings.require_stores()
     uvicorn.run("agent_service.app:create_app", factory=True, host=settings.host, port=settings.port,
                 log_config=None, access_log=False, proxy_headers=True, timeout_graceful_shutdown=10)
     return 0
@@ -35,20 +37,31 @@ def _worker(settings: Settings) -> int:
     configure_logging(settings, process="worker")
     if not settings.redis_url:
         raise ConfigError("REDIS_URL is not set (or use `python -m agent_service dev`)")
+    settings.require_stores()
     FastWorker(**get_kwargs(build_worker_settings(settings))).run()
     return 0
 
 
 def _migrate(settings: Settings) -> int:
-    async def go() -> list[str]:
+    """Apply the migrations (the Procfile's `release:` step) and create the bootstrap admin."""
+    settings.require_stores()
+
+    async def go() -> tuple[list[str], bool]:
         db = await open_database(settings)
         try:
-            return await migrate(db)
+            applied = await migrate(db)
         finally:
             await db.close()
+        deps = await open_deps(msgspec.structs.replace(settings, redis_url=settings.redis_url or NO_REDIS))
+        try:
+            return applied, await accounts.ensure_bootstrap_admin(deps)
+        finally:
+            await deps.aclose()
 
-    applied = asyncio.run(go())
+    applied, admin = asyncio.run(go())
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    if admin:
+        print("created the bootstrap admin (BOOTSTRAP_ADMIN_EMAIL)")
     return 0
 
 
@@ -89,13 +102,17 @@ def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"dev": _dev, "web": _web, "worker": _worker, "migrate": _migrate}
+NO_REDIS = "redis://127.0.0.1:1/0"  # `migrate` needs no Redis: a lazily-connecting pool never used
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent_service")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        sub.add_parser(name)
+        cmd = sub.add_parser(name)
+        if name == "web":
+            cmd.add_argument("--host", help="bind address (default: HOST)")
+            cmd.add_argument("--port", type=int, help="port (default: PORT)")
     cu = sub.add_parser("create-user", help="create a user; the password is read from stdin or a prompt")
     cu.add_argument("--email", required=True)
     cu.add_argument("--admin", action="store_true")
@@ -110,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _with_dev_redis(load_settings())
+        if args.command == "web":
+            overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+            settings = msgspec.structs.replace(settings, **overrides)
         if args.command == "enqueue":
             return enqueue_cli.main(settings, args)
         if args.command == "create-user":

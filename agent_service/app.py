@@ -19,6 +19,7 @@ from agent_service.audit import endpoints as audit
 from agent_service.audit import service as audit_service
 from agent_service.compose import api_routes, provide_parts
 from agent_service.config import Settings, load_settings
+from agent_service.identity import accounts
 from agent_service.identity import service as identity_service
 from agent_service.identity.auth_backend import ApiAuthBackend, CredentialError
 from agent_service.identity.schemas import Principal
@@ -63,6 +64,7 @@ def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    settings.require_stores()
     configure_logging(settings, process="web")
     resolve_secret(settings)  # refuse to start on a missing or default secret outside development
 
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         deps = await open_deps(settings)
         provide_parts(deps)
         await audit_service.start_writer(deps)
+        await accounts.ensure_bootstrap_admin(deps)
         app.state.deps = deps
         log.info("web.started", env=settings.app_env)
         try:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -82,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_tier: Literal["free", "pro", "enterprise"] = "free"
     trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
     dev_admin_email: str = "admin@localhost"
+    # the first admin of a fresh deployment (created once, by `migrate` and at web start; never logged)
+    bootstrap_admin_email: str | None = None
+    bootstrap_admin_password: str | None = None
 
     # --- limits (per minute, shared by every process through Redis) -----------------------
     rate_limit_enabled: bool = True
@@ -118,10 +122,42 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("JOB_SOFT_TIME_LIMIT must be below JOB_TIME_LIMIT")
         if self.stream_job_soft_time_limit >= self.stream_job_time_limit:
             raise ValueError("STREAM_JOB_SOFT_TIME_LIMIT must be below STREAM_JOB_TIME_LIMIT")
+        if self.redis_url is not None:
+            _check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if self.database_url is not None:
+            _check_url("DATABASE_URL", self.database_url, ("postgresql", "postgres"))
+        if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
+            raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
+
+    def require_stores(self) -> None:
+        """Outside development a process that needs Redis and SQL must be told where they are:
+        a PaaS machine's local disk and localhost are never the deployment's stores."""
+        if self.is_dev:
+            return
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL is not set (required when APP_ENV=production)")
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set (required when APP_ENV=production: every machine must "
+                              "share one PostgreSQL)")
 
     @property
     def is_dev(self) -> bool:
         return self.app_env != "production"
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"{name} must start with {' or '.join(s + '://' for s in schemes)} "
+                         f"(got {parts.scheme + '://' if parts.scheme else 'no scheme'})")
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        raise ValueError(f"{name} has an invalid port") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{name} names no host")
+    if schemes[0] == "postgresql" and not parts.path.strip("/"):
+        raise ValueError(f"{name} names no database (postgresql://user:password@host:port/DATABASE)")
 
 
 def env_name(field: str) -> str:

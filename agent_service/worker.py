@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 
 from agent_service.audit import service as audit_service
 from agent_service.compose import MAINTENANCE, provide_parts
 from agent_service.config import Settings, load_settings
-from agent_service.errors import AppError
+from agent_service.errors import AppError, ConfigError
 from agent_service.kit import serializer
 from agent_service.kit.deps import Deps, open_deps
 from agent_service.kit.metrics import WorkerStats
@@ -67,5 +68,11 @@ def __getattr__(name: str) -> Any:
     # `arq agent_service.worker.WorkerSettings` reads this; built on first access so importing
     # the module (tests, `python -m agent_service worker`) does not read the environment
     if name == "WorkerSettings":
-        return build_worker_settings(load_settings())
+        try:
+            settings = load_settings()
+            settings.require_stores()
+        except ConfigError as exc:  # the arq CLI would print a traceback: one line naming the variable
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return build_worker_settings(settings)
     raise AttributeError(name)

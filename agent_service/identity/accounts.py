@@ -24,6 +24,9 @@ from agent_service.identity.schemas import (
     UserUpdate,
 )
 from agent_service.kit.deps import Deps
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def user_out(deps: Deps, user: UserRecord) -> UserOut:
@@ -44,6 +47,25 @@ async def create_user(deps: Deps, body: UserCreate) -> UserOut:
     user = await repo.get_user(deps.db, user_id)
     assert user is not None
     return user_out(deps, user)
+
+
+async def ensure_bootstrap_admin(deps: Deps) -> bool:
+    """BOOTSTRAP_ADMIN_EMAIL/PASSWORD: the first admin of a fresh deployment, without a shell on the
+    box. Idempotent, also across processes starting at once (the unique email decides); True if
+    this call created it. The password is neither logged nor kept anywhere but as its hash."""
+    s = deps.settings
+    if not (s.bootstrap_admin_email and s.bootstrap_admin_password):
+        return False
+    if await repo.user_by_email(deps.db, s.bootstrap_admin_email) is not None:
+        return False
+    body = UserCreate(email=s.bootstrap_admin_email, password=s.bootstrap_admin_password,
+                      roles=["user", "admin"], name="Bootstrap admin", tier="enterprise")
+    try:
+        await create_user(deps, body)
+    except Conflict:
+        return False  # another process won the race
+    log.info("bootstrap.admin_created")
+    return True
 
 
 async def list_users(deps: Deps, *, limit: int, cursor: str | None) -> UserPage:

@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 from agent_service.config import Settings
-from agent_service.errors import ConfigError, ServiceUnavailable
+from agent_service.errors import ServiceUnavailable
 
 Dialect = Literal["sqlite", "postgresql"]
 RETRY_AFTER = "2"
@@ -104,18 +103,5 @@ def dialect_of(settings: Settings) -> Dialect:
 
 
 def check_database_url(url: str) -> str:
-    """The URL asyncpg should use; a ConfigError naming DATABASE_URL and what is wrong otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError(f"DATABASE_URL must start with postgresql:// or postgres:// (got {parts.scheme or 'no'} "
-                          "scheme)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError("DATABASE_URL has an invalid port") from None
-    if not parts.hostname and "host=" not in parts.query:
-        raise ConfigError("DATABASE_URL names no host")
-    if not parts.path.strip("/"):
-        raise ConfigError("DATABASE_URL names no database (postgresql://user:password@host:port/DATABASE)")
-    del port
+    """Settings validated its shape already; asyncpg takes postgres:// as well as postgresql://."""
     return url

@@ -21,10 +21,10 @@ log = get_logger(__name__)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS = {"job_duration_seconds": DURATION_BUCKETS, "job_enqueue_latency_seconds": LATENCY_BUCKETS}
-EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
+EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred", "orphaned")
 
 
-COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred")
+COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred", "orphaned")
 
 
 @dataclass

@@ -30,6 +30,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     jobs_retried: int
     jobs_cancelled: int
     jobs_deferred: int = 0
+    jobs_orphaned: int = 0
 
 
 class MinuteStat(msgspec.Struct, kw_only=True):

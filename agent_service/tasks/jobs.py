@@ -3,6 +3,7 @@ turned into arq functions and cron jobs. The worker entry point composes these."
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -13,15 +14,19 @@ from arq.cron import CronJob, cron
 from arq.worker import Function, func
 
 from agent_service.config import Settings
+from agent_service.errors import AppError, ServiceUnavailable
 from agent_service.kit import cron as cron_spec
 from agent_service.kit.deps import Deps
 from agent_service.kit.maintenance import MaintenanceJob
+from agent_service.logging import get_logger
 from agent_service.tasks import lifecycle, maintenance, queue
 from agent_service.tasks.policy import RetryLater, admit
 from agent_service.tasks.runner import job_name, run_agent_job
 from agent_service.tasks.schemas import AgentJob
 
 MAX_DEFERRALS = 1000
+STORE_RETRY_SECONDS = 2.0
+log = get_logger("agent_service.tasks")
 MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a finished slot
 
 
@@ -40,6 +45,12 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
     except RetryLater as exc:
         raise Retry(defer=exc.delay) from None
+    except ServiceUnavailable:
+        # the database or Redis is down: wait it out (not a try of the agent's), never fail the task
+        log.warning("job.store_unavailable", task_id=job.task_id, retry_in=STORE_RETRY_SECONDS)
+        with contextlib.suppress(AppError):
+            await lifecycle.defer(deps, job.task_id)
+        raise Retry(defer=STORE_RETRY_SECONDS) from None
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
 

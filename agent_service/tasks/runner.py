@@ -24,11 +24,12 @@ from agent_service.agents.schemas import (
     TransientAgentError,
 )
 from agent_service.agents.service import registry
-from agent_service.errors import AppError
+from agent_service.errors import AppError, ServiceUnavailable
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
 from agent_service.tasks import lifecycle, queue
+from agent_service.tasks import repository as task_store
 from agent_service.tasks.lifecycle import ANSWERED, CALLED, LOADED, Run
 from agent_service.tasks.policy import RetryLater, backoff_delay
 from agent_service.tasks.schemas import AgentJob, JobResult
@@ -117,7 +118,13 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> N
         await _finish_cancelled(deps, job, run, None, fields, started)
         return
     if not await lifecycle.start(deps, job.task_id, attempt=attempt):
-        log.info("job.skipped", reason="task already finished or unknown", **fields)
+        if await task_store.get(deps.db, job.task_id) is None:
+            # a queue entry without its durable record: another deployment's database, or a record
+            # lost with a SQL restore; never silent
+            log.warning("job.task_not_found", **fields)
+            await observe(deps, job, "orphaned")
+        else:
+            log.info("job.skipped", reason="task already finished", **fields)
         return
     log.info("job.started", stream=job.stream, **fields)
     await observe(deps, job, "started")
@@ -143,6 +150,8 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> N
             await _fail(deps, job, run, f"Hard time limit of {hard:g}s exceeded; the job was stopped.", fields,
                         started)
         raise
+    except ServiceUnavailable:
+        raise  # a store outage, not the agent's fault: the worker re-queues the job
     except Exception:
         log.exception("job.crashed", **fields)
         await _fail(deps, job, run, "The agent crashed (internal error).", fields, started)
