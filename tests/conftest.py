@@ -1,34 +1,40 @@
-"""Real components: a valkey-server per test session, a SQLite file per test, real arq workers."""
+"""Real components: a valkey-server per test session, a SQLite file per test, real arq workers.
+
+Only fixtures (and the marker guard) live here; the helpers they use are in tests/support/."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis as sync_redis
 from arq.worker import get_kwargs
 
-from agent_service.app import create_app
-from agent_service.cli import bootstrap
 from agent_service.cli.embedded import EmbeddedRedis, free_port
 from agent_service.config import Settings, load_settings
-from agent_service.identity import accounts as api_keys
-from agent_service.identity import accounts as users
-from agent_service.identity.schemas import SCOPES, USER_SCOPES, UserCreate
 from agent_service.kit.fast_worker import FastWorker
 from agent_service.worker import build_worker_settings
+from tests.support.apps import Client, app_client
+from tests.support.environment import TEST_ENV
+from tests.support.processes import Live, Process, bootstrap_user, service_argv
+from tests.support.waiting import wait_http_ok
 
-ROOT = Path(__file__).resolve().parent.parent
+CHILD_PROCESS_FIXTURES = {"spawn", "live_service"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep `-m "not e2e"` honest: a test that starts service processes must be marked e2e."""
+    unmarked = [item.nodeid for item in items
+                if CHILD_PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("e2e") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests start child processes but are not marked e2e:\n  "
+                                + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -44,25 +50,6 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     client.flushall()
     client.close()
     return redis_server.url
-
-
-TEST_ENV = {
-    "APP_ENV": "test",
-    "JWT_SECRET": "test-only-secret-0123456789abcdefghijklmnopqrstuvwxyz",
-    "LOG_JSON": "true",
-    "LOG_LEVEL": "INFO",
-    "JOB_RETRY_BACKOFF_BASE": "0.05",
-    "JOB_RETRY_BACKOFF_MAX": "0.2",
-    "WORKER_POLL_DELAY": "0.02",
-    "WORKER_HEALTH_INTERVAL": "1",
-    # limits high enough that only the tests about limits meet them (they set their own)
-    "RATE_LIMIT_FREE": "100000",
-    "RATE_LIMIT_STREAM_FREE": "100000",
-    "RATE_LIMIT_LOGIN_PER_IP": "100000",
-    "JOB_RATE_LIMIT_ALL": "100000",
-    "JOB_RATE_LIMIT_INVOKE": "100000",
-    "JOB_RATE_LIMIT_STREAM": "100000",
-}
 
 
 @pytest.fixture
@@ -88,33 +75,6 @@ def make_settings(env: dict[str, str]) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
-
-
-class Client(httpx.AsyncClient):
-    app: Any
-
-
-async def add_user(app: Any, email: str, *, admin: bool = False, scopes: tuple[str, ...] | None = None,
-                   tier: str = "free", password: str = "correct horse battery") -> str:
-    """Create a user in the app's database and return a fresh API key for them."""
-    deps = app.state.deps
-    roles: list[Any] = ["user", "admin"] if admin else ["user"]
-    user = await users.create_user(deps, UserCreate(email=email, password=password, roles=roles, tier=tier))  # type: ignore[arg-type]
-    granted = scopes or (SCOPES if admin else USER_SCOPES)
-    return await api_keys.bootstrap_key(deps, user.id, name="test", scopes=granted, tier=tier)
-
-
-@asynccontextmanager
-async def app_client(settings: Settings, *, authenticated: bool = True) -> AsyncIterator[Client]:
-    """The app for `settings`, lifespan and all, behind an in-process HTTP client that sends the
-    API key of a fresh ordinary user (unless `authenticated=False`)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with Client(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
-            c.app = app
-            if authenticated:
-                c.headers["X-API-Key"] = await add_user(app, f"user-{uuid.uuid4().hex[:8]}@example.com")
-            yield c
 
 
 @pytest.fixture
@@ -144,88 +104,21 @@ async def start_worker() -> AsyncIterator[Callable[[Settings], Any]]:
         await worker.close()
 
 
-async def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll an async or sync predicate until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-class Process:
-    """A child process (uvicorn or worker) with its output captured to a file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._fh = log.open("wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._fh.close()
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start service child processes ("web" needs PORT, or "worker"); all are stopped afterwards."""
     procs: list[Process] = []
 
     def start(kind: str, env: dict[str, str], **extra: str) -> Process:
         full_env = {**os.environ, **env, **extra}
         full_env.pop("PYTEST_CURRENT_TEST", None)
-        if kind == "web":
-            argv = [sys.executable, "-m", "uvicorn", "agent_service.app:create_app", "--factory",
-                    "--host", "127.0.0.1", "--port", full_env["PORT"]]
-        else:
-            argv = [sys.executable, "-m", "agent_service", "worker"]
-        p = Process(argv, full_env, tmp_path / f"{kind}-{len(procs)}.log")
+        p = Process(service_argv(kind, full_env), full_env, tmp_path / f"{kind}-{len(procs)}.log")
         procs.append(p)
         return p
 
     yield start
     for p in procs:
         p.stop()
-
-
-def wait_http_ok(url: str, *, timeout: float = 20.0, on_fail: Callable[[], str] = lambda: "") -> None:
-    """Block until GET `url` answers 200 (a process we started is up), or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer 200 within {timeout}s\n{on_fail()}")
-        time.sleep(0.1)
-
-
-class Live:
-    def __init__(self, base: str, web: Process, worker: Process, api_key: str) -> None:
-        self.base, self.web, self.worker = base, web, worker
-        self.headers = {"X-API-Key": api_key}
-
-
-def bootstrap_user(env: dict[str, str], email: str = "e2e@example.com", *, admin: bool = False) -> str:
-    """A user and API key written straight to the service's SQLite file (no HTTP needed)."""
-    settings = load_settings(env, env_file=None)
-    asyncio.run(bootstrap.create_user(settings, email=email, password="e2e password!", admin=admin))
-    return asyncio.run(bootstrap.create_api_key(settings, email=email, name="e2e"))
 
 
 @pytest.fixture

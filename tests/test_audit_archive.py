@@ -22,7 +22,7 @@ from agent_service.audit.archive import archive_old_audit_logs, read_archive
 from agent_service.audit.schemas import AuditEntry, AuditRecord
 from agent_service.kit.db import Database
 from agent_service.kit.migrations import migrate
-from tests.conftest import ROOT
+from tests.support.environment import ROOT
 
 NOW = datetime(2026, 6, 1, 2, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=90)  # 2026-03-03T02:00Z

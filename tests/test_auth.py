@@ -22,9 +22,10 @@ from agent_service.app import create_app
 from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
 from agent_service.errors import ConfigError
-from tests.conftest import TEST_ENV, Client, add_user, app_client
-from tests.jwks_server import AUDIENCE, ISSUER, JwksServer
-from tests.test_api_bad_input import assert_problem
+from tests.support.apps import Client, add_user, app_client
+from tests.support.environment import TEST_ENV
+from tests.support.jwks_server import AUDIENCE, ISSUER, JwksServer
+from tests.support.problems import assert_problem
 
 SECRET = TEST_ENV["JWT_SECRET"]
 ME = "/api/v1/auth/me"

@@ -9,11 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from agent_service.cli.embedded import free_port
-from tests.conftest import Live, wait_http_ok
+from tests.support.processes import E2E_EMAIL, E2E_PASSWORD, Live
+from tests.support.waiting import wait_http_ok
 
-EMAIL, PASSWORD = "e2e@example.com", "e2e password!"  # what conftest.bootstrap_user creates
+pytestmark = pytest.mark.e2e  # uvicorn and worker child processes
+
+EMAIL, PASSWORD = E2E_EMAIL, E2E_PASSWORD  # the user bootstrap_user (live_service) creates
 TIMEOUT = 5.0
 
 

@@ -1,7 +1,7 @@
 """/dashboard end to end in headless Chromium against the real service (uvicorn + a worker process).
 
 The browser is Debian's `chromium` (scripts/install-chromium), driven over the DevTools protocol by
-tests/cdp.py. Without a chromium binary the browser test skips, unless CI=true, where it fails.
+tests/support/cdp.py. Without a chromium binary the browser test skips, unless CI=true, where it fails.
 The screenshot lands in test-output/dashboard.png at the repository root.
 """
 
@@ -17,8 +17,10 @@ import httpx
 import pytest
 
 from agent_service.config import Settings
-from tests.cdp import Browser, Page, find_chromium
-from tests.conftest import ROOT, Client, Live, app_client, bootstrap_user
+from tests.support.apps import Client, app_client
+from tests.support.cdp import Browser, Page, find_chromium
+from tests.support.environment import ROOT
+from tests.support.processes import Live, bootstrap_user
 
 OUTPUT_DIR = ROOT / "test-output"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -127,6 +129,9 @@ def queue_task(live: Live, body: dict[str, object]) -> str:
     return str(resp.json()["task_id"])
 
 
+@pytest.mark.browser
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_dashboard_follows_a_task_to_completion_in_chromium(
     chromium: str, live_service: Live, admin_key: str

@@ -6,13 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agent_service.cli.embedded import free_port
-from tests.conftest import ROOT, TEST_ENV, wait_http_ok
+from tests.support.environment import ROOT, TEST_ENV
+from tests.support.waiting import wait_http_ok, wait_until
+
+pytestmark = pytest.mark.e2e  # python -m agent_service dev
 
 
 def _children(pid: int) -> set[int]:
@@ -53,19 +56,19 @@ def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None
                    if "export API_KEY=" in ln)
         headers = {"X-API-Key": key.strip()}
         task = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json={"message": "dev"}, headers=headers).json()
-        for _ in range(100):
+
+        def succeeded() -> bool:
             s = httpx.get(f"{base}/api/v1/agents/tasks/{task['task_id']}", headers=headers).json()
-            if s["state"] == "SUCCESS":
-                break
-            time.sleep(0.05)
-        assert s["state"] == "SUCCESS"
+            return bool(s["state"] == "SUCCESS")
+
+        wait_until(succeeded, timeout=10, interval=0.05)
         kids = _children(proc.pid)
         assert len(kids) >= 3  # valkey-server, web, worker
         assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # AOF on
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-        time.sleep(0.2)
-        assert not [k for k in kids if _alive(k)], "orphan processes left behind"
+        wait_until(lambda: not [k for k in kids if _alive(k)], timeout=5,
+                   message=lambda: f"orphan processes left behind: {[k for k in kids if _alive(k)]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,12 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Live
+from tests.support.processes import Live
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "AGENTS": "tests.agents:EndlessAgent", "STREAM_JOB_SOFT_TIME_LIMIT": "1.5",
+    return {**env, "AGENTS": "tests.support.agents:EndlessAgent", "STREAM_JOB_SOFT_TIME_LIMIT": "1.5",
             "STREAM_JOB_TIME_LIMIT": "10"}
 
 
@@ -94,10 +97,8 @@ def test_client_disconnect_stops_the_agent(live_service: Live, tmp_path: Path) -
                       timeout=5) as resp:
         lines = resp.iter_lines()
         assert next(lines) == "event: chunk"
-    deadline = time.monotonic() + 5
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the agent kept streaming after the client left"
+    wait_until(marker.exists, timeout=5, interval=0.05,
+               message=lambda: "the agent kept streaming after the client left")
     assert marker.read_text().startswith("closed after")
 
 

@@ -52,27 +52,15 @@ async def test_bad_metadata_is_invalid_input(meta: dict[str, object]) -> None:
         await EchoAgent().invoke(AgentInput(message="x", metadata=meta))
 
 
-class CustomAgent:
-    name = "custom"
-    description = "a user agent"
-    available = True
-
-    async def invoke(self, data):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    async def stream(self, data):  # type: ignore[no-untyped-def]
-        yield "x"
-
-
 async def test_registry_loads_user_agents_by_dotted_path() -> None:
     import httpx
 
     async with httpx.AsyncClient() as client:
-        s = load_settings({"AGENTS": "tests.test_echo_agent:CustomAgent"}, env_file=None)
+        s = load_settings({"AGENTS": "tests.support.agents:CustomAgent"}, env_file=None)
         reg = AgentRegistry.from_settings(s, client)
         assert {a.name for a in reg.all()} == {"echo", "simple_llm_agent", "custom"}
         assert reg.get("simple_llm_agent") is not None and not reg.get("simple_llm_agent").available  # type: ignore[union-attr]
-        for bad in ("nope", "tests.nothing:X", "tests.test_echo_agent:Missing", "tests.test_echo_agent:pytest"):
+        for bad in ("nope", "tests.nothing:X", "tests.support.agents:Missing", "tests.support.agents:asyncio"):
             with pytest.raises(ConfigError, match="AGENTS"):
                 AgentRegistry.from_settings(load_settings({"AGENTS": bad}, env_file=None), client)
         with pytest.raises(ConfigError, match="DEFAULT_AGENT"):

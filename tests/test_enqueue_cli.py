@@ -6,11 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import ROOT, bootstrap_user
+import pytest
+
+from tests.support.environment import ROOT
+from tests.support.processes import bootstrap_user
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e  # worker child processes, scripts/enqueue.py, arq --check
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,7 +53,4 @@ def test_arq_check_reports_worker_health(env: dict[str, str], spawn: Callable[..
 
     assert check() == 1  # no worker yet
     spawn("worker", env)
-    deadline = time.monotonic() + 15
-    while check() != 0:
-        assert time.monotonic() < deadline, "arq --check never saw the worker"
-        time.sleep(0.3)
+    wait_until(lambda: check() == 0, timeout=15, interval=0.3, message=lambda: "arq --check never saw the worker")

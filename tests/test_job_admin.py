@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from agent_service.config import Settings
-from tests.conftest import Client, add_user, wait_for
-from tests.test_jobs import finished, status, submit
+from tests.support.apps import Client, add_user
+from tests.support.tasks import finished, status, submit
+from tests.support.waiting import wait_for
 
 Start = Callable[[Settings], Any]
 

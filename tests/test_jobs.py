@@ -11,31 +11,11 @@ import pytest
 from agent_service.config import Settings
 from agent_service.kit import serializer
 from agent_service.tasks.policy import backoff_delay
-from tests.conftest import Client, app_client, wait_for
+from tests.support.apps import Client, app_client
+from tests.support.tasks import finished, status, submit
+from tests.support.waiting import wait_for
 
 Start = Callable[[Settings], Any]
-
-
-async def submit(client: Client, body: dict[str, Any], agent: str = "echo") -> str:
-    resp = await client.post(f"/api/v1/agents/{agent}/invoke-async", json=body)
-    assert resp.status_code == 202, resp.text
-    data = resp.json()
-    assert data["status"] == "queued" and resp.headers["location"] == data["status_url"]
-    return str(data["task_id"])
-
-
-async def status(client: Client, task_id: str) -> dict[str, Any]:
-    resp = await client.get(f"/api/v1/agents/tasks/{task_id}")
-    assert resp.status_code == 200, resp.text
-    return resp.json()  # type: ignore[no-any-return]
-
-
-async def finished(client: Client, task_id: str, timeout: float = 15) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        s = await status(client, task_id)
-        return s if s["state"] in ("SUCCESS", "FAILURE", "REVOKED") else None
-
-    return await wait_for(done, timeout=timeout)  # type: ignore[no-any-return]
 
 
 async def test_queued_task_is_pending_until_a_worker_runs_it(client: Client, settings: Settings, start_worker: Start):
@@ -148,7 +128,7 @@ async def test_request_id_is_carried_into_the_job(client: Client, settings: Sett
 
 
 async def test_hard_limit_is_enforced_by_arq(make_settings, start_worker: Start):  # type: ignore[no-untyped-def]
-    settings = make_settings(agents="tests.agents:StubbornAgent", job_soft_time_limit=0.2, job_time_limit=1.0)
+    settings = make_settings(agents="tests.support.agents:StubbornAgent", job_soft_time_limit=0.2, job_time_limit=1.0)
     await start_worker(settings)
     async with app_client(settings) as client:
         task_id = await submit(client, {"message": "x"}, agent="stubborn")

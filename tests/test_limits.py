@@ -12,8 +12,11 @@ import pytest
 from agent_service.cli.embedded import free_port
 from agent_service.config import Settings
 from agent_service.kit.ratelimit import Limit, LocalLimiter, RateLimiter, headers
-from tests.conftest import Client, add_user, app_client, bootstrap_user, wait_for, wait_http_ok
-from tests.test_jobs import status, submit
+from tests.support.apps import Client, add_user, app_client
+from tests.support.processes import bootstrap_user
+from tests.support.tasks import status, submit
+from tests.support.waiting import wait_for, wait_http_ok
+from tests.support.workers import quiescent
 
 Start = Callable[..., Any]
 
@@ -59,6 +62,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "RATE_LIMIT_FREE": "20", "RATE_LIMIT_STREAM_FREE": "3", "RATE_LIMIT_LOGIN_PER_IP": "3"}
 
 
+@pytest.mark.e2e  # two uvicorn child processes
 def test_burst_across_two_web_processes_admits_exactly_the_limit(env: dict[str, str], spawn: Callable[..., Any]):
     key = bootstrap_user(env, "burst@example.com")
     bases = []
@@ -119,12 +123,12 @@ async def test_redis_down_fails_open_for_reads_local_for_sync_closed_for_queuein
         assert r.status_code == 503 and r.json()["code"] == "rate_limiter_unavailable"
 
 
+@pytest.mark.slow  # the deferred job waits for the next token, 10 s
 async def test_job_limits_hold_across_two_workers_and_defer_without_using_tries(
     make_settings, start_worker: Start,  # type: ignore[no-untyped-def]
 ) -> None:
     settings: Settings = make_settings(job_rate_limit_invoke=6, rate_limit_free=100000)
-    await start_worker(settings)
-    await start_worker(settings)
+    workers = [await start_worker(settings), await start_worker(settings)]
     async with app_client(settings) as client:
         ids = [await submit(client, {"message": f"j{i}"}) for i in range(8)]
 
@@ -136,7 +140,8 @@ async def test_job_limits_hold_across_two_workers_and_defer_without_using_tries(
             return ss if sum(s["state"] == "SUCCESS" for s in ss) == 6 else None
 
         await wait_for(six_done, timeout=10)
-        await asyncio.sleep(1.0)  # nothing else may start within the window
+        # nothing else may start within the window: both workers idle, and no job due for a second
+        await wait_for(lambda: quiescent(*workers, due_within=1.0), timeout=5)
         ss = await states()
         assert sum(s["state"] == "SUCCESS" for s in ss) == 6
         waiting = [s for s in ss if s["state"] != "SUCCESS"]

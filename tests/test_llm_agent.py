@@ -21,7 +21,7 @@ from agent_service.agents.schemas import (
     TransientAgentError,
 )
 from agent_service.config import load_settings
-from tests.fake_openai import FakeOpenAI, error, iter_fake_openai, reply, slow, slow_stream, stream_error
+from tests.support.fake_openai import FakeOpenAI, error, iter_fake_openai, reply, slow, slow_stream, stream_error
 
 
 @pytest.fixture

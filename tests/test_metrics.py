@@ -23,7 +23,9 @@ from agent_service.kit.metrics import DURATION_BUCKETS, LATENCY_BUCKETS, JobMetr
 from agent_service.kit.middleware import UNMATCHED, route_template
 from agent_service.ops.metrics import CONTENT_TYPE, HttpMetrics
 from agent_service.tasks import queue as names
-from tests.conftest import Client, app_client, wait_for
+from tests.support.apps import Client, app_client
+from tests.support.waiting import wait_for
+from tests.support.workers import quiescent
 
 Start = Callable[[Settings], Any]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -169,7 +171,7 @@ async def test_counters_move_by_exactly_the_jobs_a_real_worker_ran(
     await submit(client, {"message": "no", "metadata": {"fail": "permanent"}})
     await submit(client, {"message": "flaky", "metadata": {"fail": "transient", "fail_times": 1}})
     await submit(client, {"message": "a b c", "stream": True})
-    await start_worker(settings)
+    worker = await start_worker(settings)
 
     async def all_ended() -> Samples | None:
         s = await scrape(client)
@@ -177,7 +179,7 @@ async def test_counters_move_by_exactly_the_jobs_a_real_worker_ran(
         return s if ended >= 6 else None
 
     await wait_for(all_ended, timeout=20)
-    await asyncio.sleep(0.3)  # anything counted twice would show up by now
+    await wait_for(lambda: quiescent(worker), timeout=5)  # the queue is drained: nothing more can be counted
     samples = await scrape(client)
     # every run is a start: the transient one ran twice (retried once, then succeeded)
     assert job_counts(samples, INVOKE) == {"started": 6, "succeeded": 4, "failed": 1, "retried": 1,
@@ -198,7 +200,7 @@ async def test_job_rate_limit_deferral_is_counted_once(make_settings: Callable[.
     async with app_client(settings) as c:
         await submit(c, {"message": "first"})
         await submit(c, {"message": "second"})
-        await start_worker(settings)
+        worker = await start_worker(settings)
 
         async def settled() -> Samples | None:
             s = await scrape(c)
@@ -206,7 +208,8 @@ async def test_job_rate_limit_deferral_is_counted_once(make_settings: Callable[.
             return s if counts["succeeded"] == 1 and counts["deferred"] == 1 else None
 
         await wait_for(settled, timeout=15)
-        await asyncio.sleep(0.3)
+        # the worker idle and the deferred job not due for a while: a second count could only come now
+        await wait_for(lambda: quiescent(worker, due_within=10), timeout=5)
         samples = await scrape(c)
     assert job_counts(samples, INVOKE) == {"started": 1, "succeeded": 1, "failed": 0, "retried": 0,
                                            "cancelled": 0, "deferred": 1}

@@ -13,7 +13,7 @@ from referencing.jsonschema import DRAFT202012
 
 from agent_service.kit.endpoint import Public, Scoped
 from agent_service.kit.openapi.builder import walk
-from tests.conftest import Client, add_user
+from tests.support.apps import Client, add_user
 
 TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "API Keys", "Audit Logs", "Admin"]
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent_service.config import Settings
-from tests.conftest import Client, add_user, app_client
-from tests.test_jobs import finished, status, submit
+from tests.support.apps import Client, add_user, app_client
+from tests.support.tasks import finished, status, submit
 
 Start = Callable[..., Any]
 URL = "/api/v1/agents/echo/invoke-async"

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Live, bootstrap_user
-from tests.fake_openai import FakeOpenAI, start_fake_openai
+from tests.support.environment import ROOT
+from tests.support.fake_openai import FakeOpenAI, start_fake_openai
+from tests.support.processes import Live, bootstrap_user
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MAX_EXAMPLES = 15
 

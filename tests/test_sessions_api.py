@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from agent_service.config import Settings
-from tests.conftest import Client, add_user
-from tests.test_jobs import finished, submit
+from tests.support.apps import Client, add_user
+from tests.support.tasks import finished, submit
 
 Start = Callable[..., Any]
 

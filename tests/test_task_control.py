@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 
 from agent_service.config import Settings
-from tests.conftest import Client, add_user, app_client, wait_for
-from tests.test_jobs import finished, status, submit
+from tests.support.apps import Client, add_user, app_client
+from tests.support.tasks import finished, status, submit
+from tests.support.waiting import wait_for
 
 Start = Callable[[Settings], Any]
 

@@ -51,3 +51,17 @@ class EndlessAgent:
                 with open(marker + ".tmp", "w") as fh:
                     fh.write(f"closed after {i}")
                 os.replace(marker + ".tmp", marker)
+
+
+class CustomAgent:
+    """The smallest user agent: the registry must load it by dotted path beside the built-in ones."""
+
+    name = "custom"
+    description = "a user agent"
+    available = True
+
+    async def invoke(self, data: AgentInput) -> AgentOutput:
+        raise NotImplementedError
+
+    async def stream(self, data: AgentInput) -> AsyncIterator[str]:
+        yield "x"
