@@ -19,6 +19,7 @@ from agent_service.errors import ConfigError
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
@@ -63,6 +64,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_poll_delay: PositiveFloat = 0.05
     worker_health_interval: PositiveFloat = 5.0
     job_max_retries: NonNegInt = 3
+    job_max_worker_losses: PositiveInt = 3  # a job whose worker dies this often fails as worker_lost
+    job_lease_seconds: Annotated[float, msgspec.Meta(ge=3)] = 30.0  # a dead worker's job runs again within this
+    worker_drain_seconds: NonNegFloat = 25.0  # SIGTERM: running jobs may finish this long, then are re-queued
+    worker_outage_exit_seconds: PositiveFloat = 300.0  # Redis gone this long: exit non-zero (a supervisor restarts)
     job_retry_backoff_base: PositiveFloat = 1.0
     job_retry_backoff_max: PositiveFloat = 600.0
     job_time_limit: PositiveFloat = 600.0

@@ -21,6 +21,7 @@ from agent_service.kit.redis import redis_settings
 from agent_service.logging import configure_logging
 from agent_service.ops.workers import WorkerBoard, heartbeat
 from agent_service.tasks import jobs
+from agent_service.tasks.sweeper import run_sweeper
 
 
 def build_worker_settings(settings: Settings) -> type:
@@ -34,12 +35,14 @@ def build_worker_settings(settings: Settings) -> type:
         deps.stats = WorkerStats()
         ctx["deps"] = deps
         ctx["heartbeat"] = asyncio.create_task(heartbeat(deps, settings.worker_health_interval))
+        ctx["sweeper"] = asyncio.create_task(run_sweeper(deps))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps: Deps | None = ctx.get("deps")
-        beat: asyncio.Task[None] | None = ctx.get("heartbeat")
-        if beat is not None:
-            beat.cancel()
+        for name in ("heartbeat", "sweeper"):
+            background: asyncio.Task[None] | None = ctx.get(name)
+            if background is not None:
+                background.cancel()
         if deps is not None:
             if deps.stats is not None:
                 with contextlib.suppress(AppError):
@@ -60,6 +63,7 @@ def build_worker_settings(settings: Settings) -> type:
         "on_startup": startup,
         "on_shutdown": shutdown,
         "handle_signals": True,
+        "job_completion_wait": settings.worker_drain_seconds,
     }
     return type("WorkerSettings", (), attrs)
 

@@ -147,12 +147,15 @@ async def test_redis_down_gives_503_for_queue_routes_while_sync_invoke_works(cli
     assert ready.status_code == 503 and ready.json()["components"]["redis"]["ok"] is False
 
 
-async def test_task_status_is_503_when_redis_is_down(client: Client, make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_task_status_and_list_come_from_sql_when_redis_is_down(client: Client, make_settings) -> None:  # type: ignore[no-untyped-def]
     accepted = (await client.post("/api/v1/agents/echo/invoke-async", json={"message": "hi"})).json()
-    # same SQLite file, dead Redis
+    # same database, dead Redis: the state is in SQL, and the answer says the live part is missing
     async with app_client(make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"), authenticated=False) as c:
         c.headers["X-API-Key"] = client.headers["X-API-Key"]
-        assert_problem(await c.get(f"/api/v1/agents/tasks/{accepted['task_id']}"), 503, "queue_unavailable")
+        resp = await c.get(f"/api/v1/agents/tasks/{accepted['task_id']}")
+        assert resp.status_code == 200 and resp.json()["state"] == "PENDING" and resp.json()["live"] is False
+        listed = await c.get("/api/v1/agents/tasks")
+        assert listed.status_code == 200 and [t["task_id"] for t in listed.json()["items"]] == [accepted["task_id"]]
 
 
 async def test_metadata_a_job_cannot_carry_is_422_not_500(client: Client, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from agent_service.audit.service import AuditWriter, audit_entry
 from agent_service.errors import NotFound, ValidationFailed
 from agent_service.identity.schemas import Principal
 from agent_service.kit.db import Database
+from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.migrations import migrate
 from tests.support.waiting import wait_for
 
@@ -35,7 +36,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 async def db(db_path: Path) -> AsyncIterator[Database]:
     # a short busy timeout so the "database locked" tests fail fast instead of waiting 5 s
-    database = await Database.open(str(db_path), busy_timeout_ms=50)
+    database = await SqliteDatabase.open(str(db_path), busy_timeout_ms=50)
     await migrate(database)
     yield database
     await database.close()

@@ -21,6 +21,7 @@ from agent_service.audit import repository as audit_store
 from agent_service.audit.archive import archive_old_audit_logs, read_archive
 from agent_service.audit.schemas import AuditEntry, AuditRecord
 from agent_service.kit.db import Database
+from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.migrations import migrate
 from tests.support.environment import ROOT
 
@@ -34,7 +35,7 @@ class SimulatedCrash(Exception):
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(str(tmp_path / "audit.db"))
+    database = await SqliteDatabase.open(str(tmp_path / "audit.db"))
     await migrate(database)
     yield database
     await database.close()
@@ -182,10 +183,10 @@ import asyncio, sys
 from datetime import datetime
 from pathlib import Path
 from agent_service.audit.archive import archive_old_audit_logs
-from agent_service.kit.db import Database
+from agent_service.kit.db_sqlite import SqliteDatabase
 
 async def main():
-    db = await Database.open(sys.argv[1])
+    db = await SqliteDatabase.open(sys.argv[1])
     async def progress(path):
         print(path.name, flush=True)
     await archive_old_audit_logs(db, archive_dir=Path(sys.argv[2]), retention_days=90,
@@ -217,7 +218,7 @@ def _run_and_kill(db_path: Path, archive_dir: Path, after_files: int) -> None:
 
 async def test_sigkilled_runs_then_a_rerun_lose_nothing_and_archive_nothing_twice(tmp_path: Path) -> None:
     db_path, archive_dir = tmp_path / "audit.db", tmp_path / "archive"
-    db = await Database.open(str(db_path))
+    db = await SqliteDatabase.open(str(db_path))
     await migrate(db)
     await insert(db, [at(1) + timedelta(minutes=17 * i) for i in range(2000)] + [NOW])
     expected = await old_rows(db)
@@ -227,7 +228,7 @@ async def test_sigkilled_runs_then_a_rerun_lose_nothing_and_archive_nothing_twic
     for after_files in (5, 13, 29):
         await asyncio.to_thread(_run_and_kill, db_path, archive_dir, after_files)
 
-    db = await Database.open(str(db_path))
+    db = await SqliteDatabase.open(str(db_path))
     try:
         await archive_old_audit_logs(db, archive_dir=archive_dir, retention_days=90, now=NOW, batch_size=7)
         assert_each_archived_once(archive_dir, expected)

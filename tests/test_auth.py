@@ -705,7 +705,8 @@ def test_production_refuses_to_start_without_a_strong_secret(make_settings: Call
 
 
 def test_production_starts_with_a_strong_secret(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings(app_env="production", jwt_secret=secrets.token_urlsafe(40)))
+    app = create_app(make_settings(app_env="production", jwt_secret=secrets.token_urlsafe(40),
+                                   database_url="postgresql://app@127.0.0.1:5432/app"))
     assert app is not None
 
 

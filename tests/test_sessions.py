@@ -12,6 +12,7 @@ from agent_service.config import Settings
 from agent_service.errors import NotFound, ValidationFailed
 from agent_service.kit import pagination as cursors
 from agent_service.kit.db import Database
+from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.migrations import migrate
 from agent_service.sessions import repository as session_store
 from agent_service.sessions.jobs import cleanup_expired_sessions
@@ -34,7 +35,7 @@ class FakeClock:
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(str(tmp_path / "sessions.db"))
+    database = await SqliteDatabase.open(str(tmp_path / "sessions.db"))
     await migrate(database)
     yield database
     await database.close()

@@ -3,7 +3,7 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent_service.kit.db import Database
+from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.migrations import available, migrate
 from agent_service.tasks import repository as tasks
 
@@ -11,7 +11,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def test_migrations_apply_once(tmp_path: Path) -> None:
-    db = await Database.open(str(tmp_path / "a.db"))
+    db = await SqliteDatabase.open(str(tmp_path / "a.db"))
     first = await migrate(db)
     assert first == [name for _, name, _ in available()]
     assert await migrate(db) == []
@@ -22,7 +22,7 @@ async def test_migrations_apply_once(tmp_path: Path) -> None:
 
 def _migrate_in_process(path: str) -> None:
     async def go() -> None:
-        db = await Database.open(path)
+        db = await SqliteDatabase.open(path)
         await migrate(db)
         await db.close()
 
@@ -40,7 +40,7 @@ def test_concurrent_migration_from_several_processes(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
 
     async def check() -> int:
-        db = await Database.open(path)
+        db = await SqliteDatabase.open(path)
         row = await db.fetchone("SELECT COUNT(*) FROM schema_migrations")
         await db.close()
         assert row is not None
@@ -50,7 +50,7 @@ def test_concurrent_migration_from_several_processes(tmp_path: Path) -> None:
 
 
 async def test_task_lifecycle_and_finished_tasks_stay_finished(tmp_path: Path) -> None:
-    db = await Database.open(str(tmp_path / "t.db"))
+    db = await SqliteDatabase.open(str(tmp_path / "t.db"))
     await migrate(db)
     await tasks.create(db, task_id="t1", kind="invoke", agent_id="echo", owner_id="u1", request_id="r",
                        session_id=None, now=T0)

@@ -1,23 +1,46 @@
-"""An arq Worker that picks the next job as soon as a slot frees.
+"""The worker loop of `python -m agent_service worker`: arq's Worker, made fast and hard to wedge.
 
-arq's loop sleeps `poll_delay` between polls, so once every slot is busy it starts at most
-`max_jobs` jobs per `poll_delay` (about 20 jobs/s with its defaults) however short the jobs
-are. Here a finished job wakes the loop at once; `poll_delay` only bounds how long a newly
-queued job can wait when the worker is idle.
+- **Fast**: arq's loop sleeps `poll_delay` between polls, so once every slot is busy it starts at
+  most `max_jobs` jobs per `poll_delay` however short the jobs are. Here a finished job wakes the
+  loop at once; `poll_delay` only bounds how long a newly queued job waits on an idle worker.
+- **Outages are waited out**: arq's loop dies on the first Redis error and the process lingers
+  without a heartbeat. Here a failing poll logs one line, backs off (capped), and the loop goes on
+  when Redis answers again; past `outage_exit_seconds` the process exits non-zero so that its
+  supervisor restarts it — it never lingers as a zombie.
+- **Graceful drain**: on SIGTERM arq stops taking jobs and lets running ones finish for
+  `job_completion_wait` (WORKER_DRAIN_SECONDS), then cancels the rest, which arq puts back in the
+  queue. A second signal stops at once. Closing never blocks on a Redis that is gone.
+
+The arq internals overridden here are listed in kit/arq_contract.py, whose test fails when an arq
+upgrade changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from typing import Any
 
 from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from agent_service.logging import get_logger
+
+log = get_logger("agent_service.worker")
+BACKOFF_MAX = 5.0
+CLOSE_TIMEOUT = 10.0
 
 
 class FastWorker(Worker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, outage_exit_seconds: float = 300.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._slot_freed = asyncio.Event()
+        self._outage_exit = outage_exit_seconds
+        self._outage_since: float | None = None
+        self._draining = False
+        self.exit_code = 0
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -29,7 +52,8 @@ class FastWorker(Worker):
         deadline = loop.time() + self.poll_delay_s
         while True:
             self._slot_freed.clear()
-            await super()._poll_iteration()
+            if not await self._poll_once():
+                return
             remaining = deadline - loop.time()
             if remaining <= 0 or self.burst:
                 return
@@ -37,3 +61,51 @@ class FastWorker(Worker):
                 await asyncio.wait_for(self._slot_freed.wait(), remaining)
             except TimeoutError:
                 return
+
+    async def _poll_once(self) -> bool:
+        """One arq poll; False after a Redis failure (already waited out a backoff step)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            now = loop.time()
+            if self._outage_since is None:
+                self._outage_since = now
+                log.error("worker.redis_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+            elif now - self._outage_since > self._outage_exit:
+                log.error("worker.redis_outage_too_long", seconds=round(now - self._outage_since))
+                self.exit_code = 1
+                raise SystemExit(1) from None
+            await asyncio.sleep(min(BACKOFF_MAX, 0.25 * 2 ** min(6, int(now - self._outage_since))))
+            return False
+        if self._outage_since is not None:
+            log.warning("worker.redis_back", after_s=round(loop.time() - self._outage_since, 1))
+            self._outage_since = None
+        return True
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        if self._draining:  # a second signal: stop now (arq re-queues what is running)
+            log.warning("worker.stop_now", signal=signal.Signals(signum).name)
+            self.handle_sig(signum)
+            return
+        self._draining = True
+        log.info("worker.draining", seconds=self._job_completion_wait, running=len(self.tasks))
+        super().handle_sig_wait_for_completion(signum)
+
+    async def close(self) -> None:
+        """arq's close, bounded: with Redis gone it would fail before the shutdown hook ran."""
+        try:
+            await asyncio.wait_for(super().close(), CLOSE_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("worker.close_incomplete", error=type(exc).__name__)
+            if self.on_shutdown:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.on_shutdown(self.ctx), CLOSE_TIMEOUT)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except SystemExit:
+            pass
+        if self.exit_code:
+            os._exit(self.exit_code)  # threads of a failed process must not keep it alive

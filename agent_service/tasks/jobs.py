@@ -3,6 +3,7 @@ turned into arq functions and cron jobs. The worker entry point composes these."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -42,7 +43,11 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         attempt = ctx["job_try"] - await lifecycle.live(deps).deferrals(job.task_id)
         if attempt == 1 and deps.metrics is not None:
             await deps.metrics.enqueue_latency(job_name(job), time.time() - ctx["enqueue_time"].timestamp())
-        await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
+        lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds))
+        try:
+            await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
+        finally:
+            lease.cancel()
     except RetryLater as exc:
         raise Retry(defer=exc.delay) from None
     except ServiceUnavailable:

@@ -23,7 +23,7 @@ from agent_service.logging import get_logger
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.live import TaskLive
 from agent_service.tasks.queue import JobQueue
-from agent_service.tasks.repository import TaskRecord
+from agent_service.tasks.repository import Counts, TaskRecord
 from agent_service.tasks.schemas import (
     ChunkEvent,
     JobResult,
@@ -110,16 +110,38 @@ async def submit(deps: Deps, sub: Submission) -> None:
 
 
 async def defer(deps: Deps, task_id: str) -> None:
-    """Over a shared job limit: back to the queue, still PENDING, and not counted as a try."""
+    """Over a shared job limit, or a store was down: back to the queue, and not counted as a try."""
     await live(deps).add_deferral(task_id)
 
 
-async def start(deps: Deps, task_id: str, *, attempt: int) -> bool:
-    """STARTED for this attempt; False (and nothing written) if the task is finished or unknown."""
-    if not await task_store.mark_started(deps.db, task_id, tries=attempt, now=deps.clock()):
+async def claim_run(deps: Deps, task_id: str, token: str) -> bool:
+    """A run begins; True if the previous run never ended (its worker was lost: kill -9, OOM)."""
+    return await live(deps).claim_run(task_id, token)
+
+
+async def release_run(deps: Deps, task_id: str) -> None:
+    """The run ended in any way its worker saw (done, failed, retrying, cancelled, shut down)."""
+    await live(deps).release_run(task_id)
+
+
+async def requeue_lost(deps: Deps, record: TaskRecord, *, function: str, payload: dict[str, object]) -> bool:
+    """The sweeper found a task whose job is gone (lost lease and queue entry, a Redis data loss):
+    queue it again under the same id. False if the queue already has it."""
+    if not await queue(deps).enqueue(function, payload, job_id=record.id):
         return False
-    await _publish(deps, task_id, StateEvent(state="STARTED", progress=STARTED, attempt=attempt), progress=STARTED)
+    await task_store.touch(deps.db, record.id, now=deps.clock())
+    log.warning("task.requeued_lost_job", task_id=record.id, state=record.state)
     return True
+
+
+async def start(deps: Deps, task_id: str, *, attempt: int, worker_lost: bool = False) -> Counts | None:
+    """STARTED for this attempt, and the task's retry and worker-loss counts; None (and nothing
+    written) if the task is finished or unknown."""
+    counts = await task_store.mark_started(deps.db, task_id, tries=attempt, now=deps.clock(), worker_lost=worker_lost)
+    if counts is None:
+        return None
+    await _publish(deps, task_id, StateEvent(state="STARTED", progress=STARTED, attempt=attempt), progress=STARTED)
+    return counts
 
 
 class Run:
@@ -132,6 +154,7 @@ class Run:
         self.progress = STARTED
         self.chunks = 0
         self.expected: int | None = None
+        self.retries = 0  # transient failures already retried before this run
 
     async def advance(self, value: int) -> None:
         if value > self.progress:
@@ -149,8 +172,8 @@ class Run:
     async def succeed(self, result: TaskResult) -> bool:
         return await succeed(self._deps, self.task_id, result, attempt=self.attempt)
 
-    async def fail(self, reason: str) -> bool:
-        return await fail(self._deps, self.task_id, reason, attempt=self.attempt, progress=self.progress)
+    async def fail(self, reason: str, *, code: str | None = None) -> bool:
+        return await fail(self._deps, self.task_id, reason, attempt=self.attempt, progress=self.progress, code=code)
 
     async def retry(self, reason: str, retry_at: datetime) -> bool:
         if not await task_store.mark_retry(self._deps.db, self.task_id, error=reason, retry_at=retry_at,
@@ -173,8 +196,10 @@ async def succeed(deps: Deps, task_id: str, result: TaskResult, *, attempt: int 
     return True
 
 
-async def fail(deps: Deps, task_id: str, reason: str, *, attempt: int = 0, progress: int = 0) -> bool:
-    if not await task_store.mark_finished(deps.db, task_id, state="FAILURE", error=reason, now=deps.clock()):
+async def fail(deps: Deps, task_id: str, reason: str, *, attempt: int = 0, progress: int = 0,
+               code: str | None = None) -> bool:
+    if not await task_store.mark_finished(deps.db, task_id, state="FAILURE", error=reason, now=deps.clock(),
+                                          code=code):
         return False
     await _publish(deps, task_id, StateEvent(state="FAILURE", progress=progress, attempt=attempt, error=reason))
     return True

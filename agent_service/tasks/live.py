@@ -58,6 +58,10 @@ class TaskLive:
     def deferrals_key(self, task_id: str) -> str:
         return f"{self._prefix}{task_id}:deferrals"
 
+    def run_key(self, task_id: str) -> str:
+        """Set while a run is in progress: still there when the next run starts = that worker died."""
+        return f"{self._prefix}{task_id}:run"
+
     # --- writes (tasks/lifecycle.py only) ------------------------------------------------
 
     @redis_guard
@@ -87,11 +91,26 @@ class TaskLive:
         await pipe.execute()
 
     @redis_guard
+    async def claim_run(self, task_id: str, token: str) -> bool:
+        """Mark a run as in progress; True if an earlier run never let go (its worker was lost)."""
+        previous = await self._redis.set(self.run_key(task_id), token, ex=self._ttl, get=True)
+        return previous is not None
+
+    @redis_guard
+    async def release_run(self, task_id: str) -> None:
+        await self._redis.delete(self.run_key(task_id))
+
+    @redis_guard
+    async def deferrals(self, task_id: str) -> int:
+        """Starts that never ran the agent (job limits, store outages): not runs, not tries."""
+        return int(await self._redis.get(self.deferrals_key(task_id)) or 0)
+
+    @redis_guard
     async def reset(self, task_id: str) -> None:
         """Forget a finished run's live state (admin retry): its history must not be replayed as
         the new run's, and a stale cancel must not stop it."""
         await self._redis.delete(self.events_key(task_id), self.live_key(task_id), self.result_key(task_id),
-                                 self.cancel_key(task_id), self.deferrals_key(task_id))
+                                 self.cancel_key(task_id), self.deferrals_key(task_id), self.run_key(task_id))
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -140,9 +159,6 @@ class TaskLive:
     async def cancel_requested(self, task_id: str) -> bool:
         return bool(await self._redis.exists(self.cancel_key(task_id)))
 
-    @redis_guard
-    async def deferrals(self, task_id: str) -> int:
-        return int(await self._redis.get(self.deferrals_key(task_id)) or 0)
 
 
 def _latest_chunks(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[str]:

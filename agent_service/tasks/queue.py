@@ -10,6 +10,8 @@ Scheduled jobs keep their exact time (no shift), so they never start early.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
+from redis.exceptions import RedisError
 
 from agent_service.config import Settings
 from agent_service.kit.deps import Deps
@@ -75,6 +78,11 @@ class JobQueue:
         return bool(await self._dequeue(keys=keys, args=[job_id]))
 
     @redis_guard
+    async def exists(self, job_id: str) -> bool:
+        """Whether the queue still knows the job (queued, deferred, retrying or running)."""
+        return bool(await self.redis.exists(job_key_prefix + job_id))
+
+    @redis_guard
     async def forget(self, job_id: str) -> None:
         """Drop a finished job's kept result so the same id can be queued again."""
         await self.redis.delete(result_key_prefix + job_id, retry_key_prefix + job_id)
@@ -111,3 +119,16 @@ KIND_INVOKE = "invoke"
 KIND_STREAM = "stream"
 
 JOB_FOR_KIND = {KIND_INVOKE: INVOKE_AGENT, KIND_STREAM: INVOKE_AGENT_STREAMING}
+
+
+async def hold_lease(redis: RedisConn, job_id: str, seconds: float) -> None:
+    """Keep a running job's claim alive in `seconds`-long slices, renewed every third of that, until
+    cancelled. arq marks a started job in progress for its longest time limit (+10 s); shortening
+    that mark to the lease means a job whose worker died runs again within `seconds` on any
+    worker, whatever its time limit. Uses only arq's public key prefix (see kit/arq_contract.py)."""
+    key = in_progress_key_prefix + job_id
+    ms = int(seconds * 1000)
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await redis.pexpire(key, ms)
+        await asyncio.sleep(seconds / 3)

@@ -38,6 +38,9 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     payload: str | None = None
     scheduled_for: datetime | None = None
     priority: str | None = None
+    retries: int = 0
+    worker_losses: int = 0
+    error_code: str | None = None
 
 
 def _record(row: Row) -> TaskRecord:
@@ -76,19 +79,44 @@ async def get(db: Database, task_id: str) -> TaskRecord | None:
     return _record(row) if row else None
 
 
-async def mark_started(db: Database, task_id: str, *, tries: int, now: datetime) -> bool:
-    """STARTED for this try; a finished task is left alone (at-least-once re-delivery)."""
-    changed = await db.execute(
+class Counts(msgspec.Struct, frozen=True):
+    retries: int
+    worker_losses: int
+
+
+async def mark_started(db: Database, task_id: str, *, tries: int, now: datetime,
+                       worker_lost: bool = False) -> Counts | None:
+    """STARTED for this try, and the task's counts; None (nothing changed) for a finished or unknown
+    task (at-least-once re-delivery). With `worker_lost`, the previous run's worker died: counted
+    apart from the retries."""
+    row = await db.fetchone(
         "UPDATE tasks SET state = 'STARTED', tries = ?, started_at = COALESCE(started_at, ?),"
-        f" updated_at = ?, next_retry_at = NULL WHERE id = ? AND state NOT IN {_FINISHED}",
-        (tries, iso(now), iso(now), task_id),
+        " worker_losses = worker_losses + ?, updated_at = ?, next_retry_at = NULL"
+        f" WHERE id = ? AND state NOT IN {_FINISHED} RETURNING retries, worker_losses",
+        (tries, iso(now), int(worker_lost), iso(now), task_id),
     )
-    return changed > 0
+    return Counts(retries=row[0], worker_losses=row[1]) if row is not None else None
+
+
+async def touch(db: Database, task_id: str, *, now: datetime) -> None:
+    """A sign of life for the sweeper (a re-queued run of a task that stays PENDING)."""
+    await db.execute(f"UPDATE tasks SET updated_at = ? WHERE id = ? AND state NOT IN {_FINISHED}",
+                     (iso(now), task_id))
+
+
+async def stale(db: Database, *, states: tuple[str, ...], before: datetime, limit: int) -> list[TaskRecord]:
+    """Unfinished tasks whose record has not changed since `before` (the sweeper's candidates)."""
+    marks = ", ".join("?" * len(states))
+    rows = await db.fetchall(
+        f"SELECT * FROM tasks WHERE state IN ({marks}) AND updated_at < ? ORDER BY updated_at LIMIT ?",
+        (*states, iso(before), limit),
+    )
+    return [_record(r) for r in rows]
 
 
 async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: datetime, now: datetime) -> bool:
     changed = await db.execute(
-        "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?"
+        "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?, retries = retries + 1"
         f" WHERE id = ? AND state NOT IN {_FINISHED}",
         (error, iso(retry_at), iso(now), task_id),
     )
@@ -96,13 +124,13 @@ async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: dateti
 
 
 async def mark_finished(
-    db: Database, task_id: str, *, state: str, error: str | None, now: datetime
+    db: Database, task_id: str, *, state: str, error: str | None, now: datetime, code: str | None = None
 ) -> bool:
     """SUCCESS / FAILURE / REVOKED. The first finish wins; later ones change nothing."""
     changed = await db.execute(
-        "UPDATE tasks SET state = ?, error = ?, completed_at = ?, updated_at = ?, next_retry_at = NULL"
-        f" WHERE id = ? AND state NOT IN {_FINISHED}",
-        (state, error, iso(now), iso(now), task_id),
+        "UPDATE tasks SET state = ?, error = ?, error_code = ?, completed_at = ?, updated_at = ?,"
+        f" next_retry_at = NULL WHERE id = ? AND state NOT IN {_FINISHED}",
+        (state, error, code, iso(now), iso(now), task_id),
     )
     return changed > 0
 
@@ -110,8 +138,9 @@ async def mark_finished(
 async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
     """A failed or cancelled task back to PENDING for another run (admin retry)."""
     changed = await db.execute(
-        "UPDATE tasks SET state = 'PENDING', tries = 0, error = NULL, started_at = NULL, completed_at = NULL,"
-        " next_retry_at = NULL, updated_at = ? WHERE id = ? AND state IN ('FAILURE', 'REVOKED')",
+        "UPDATE tasks SET state = 'PENDING', tries = 0, retries = 0, worker_losses = 0, error = NULL,"
+        " error_code = NULL, started_at = NULL, completed_at = NULL, next_retry_at = NULL, updated_at = ?"
+        " WHERE id = ? AND state IN ('FAILURE', 'REVOKED')",
         (iso(now), task_id),
     )
     return changed > 0

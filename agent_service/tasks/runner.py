@@ -10,6 +10,7 @@ duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -103,21 +104,30 @@ async def observe(deps: Deps, job: AgentJob, what: str, started: float | None = 
 async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> None:
     if deps.stats is not None:
         deps.stats.running += 1
+    worker = deps.stats.worker_id if deps.stats is not None else "?"
+    lost = await lifecycle.claim_run(deps, job.task_id, f"{worker}:{job_id}:{attempt}")
     try:
-        await _run_job(deps, job, attempt=attempt, job_id=job_id)
+        await _run_job(deps, job, attempt=attempt, job_id=job_id, worker_lost=lost)
     finally:
         if deps.stats is not None:
             deps.stats.running -= 1
+        # every way out this worker sees (incl. a shutdown's cancel) lets go of the run; only a
+        # dead worker leaves it behind, which the next run counts as a lost worker
+        with contextlib.suppress(AppError):
+            await lifecycle.release_run(deps, job.task_id)
 
 
-async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> None:
+async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, worker_lost: bool) -> None:
     started = time.monotonic()
     fields = {"job_id": job_id, "task_id": job.task_id, "agent": job.agent_id, "try": attempt}
     run = Run(deps, job.task_id, attempt)
     if await lifecycle.live(deps).cancel_requested(job.task_id):
         await _finish_cancelled(deps, job, run, None, fields, started)
         return
-    if not await lifecycle.start(deps, job.task_id, attempt=attempt):
+    if worker_lost:
+        log.warning("job.worker_lost", **fields)
+    counts = await lifecycle.start(deps, job.task_id, attempt=attempt, worker_lost=worker_lost)
+    if counts is None:
         if await task_store.get(deps.db, job.task_id) is None:
             # a queue entry without its durable record: another deployment's database, or a record
             # lost with a SQL restore; never silent
@@ -126,6 +136,11 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> N
         else:
             log.info("job.skipped", reason="task already finished", **fields)
         return
+    if counts.worker_losses >= deps.settings.job_max_worker_losses:
+        # a poison job (it takes its worker down) must not crash workers forever
+        await _fail(deps, job, run, f"The job lost its worker {counts.worker_losses} times.", fields, started,
+                    code="worker_lost")
+    run.retries = counts.retries
     log.info("job.started", stream=job.stream, **fields)
     await observe(deps, job, "started")
     soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
@@ -145,10 +160,12 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> N
         await _fail(deps, job, run, str(exc) or "The agent failed.", fields, started)
     except asyncio.CancelledError:
         # arq's timer started a moment before ours, so reaching `hard` here (less a margin for the
-        # scheduling delay) means arq's hard limit fired; anything earlier is a shutdown or an abort
+        # scheduling delay) means arq's hard limit fired; anything earlier is a worker shutting down
+        # past its drain, and arq puts the job back in the queue: no try used, nothing to record
         if time.monotonic() - started >= hard - HARD_LIMIT_MARGIN:
             await _fail(deps, job, run, f"Hard time limit of {hard:g}s exceeded; the job was stopped.", fields,
-                        started)
+                        started, code="hard_time_limit")
+        log.info("job.requeued_on_shutdown", **fields)
         raise
     except ServiceUnavailable:
         raise  # a store outage, not the agent's fault: the worker re-queues the job
@@ -222,8 +239,9 @@ async def _finish_cancelled(deps: Deps, job: AgentJob, run: Run, partial: JobRes
              duration=round(time.monotonic() - started, 4), **fields)
 
 
-async def _fail(deps: Deps, job: AgentJob, run: Run, reason: str, fields: dict[str, Any], started: float) -> NoReturn:
-    await run.fail(reason)
+async def _fail(deps: Deps, job: AgentJob, run: Run, reason: str, fields: dict[str, Any], started: float,
+                *, code: str | None = None) -> NoReturn:
+    await run.fail(reason, code=code)
     await observe(deps, job, "failed", started)
     log.warning("job.failed", error=reason, duration=round(time.monotonic() - started, 4), **fields)
     raise JobFailed(reason)
@@ -234,8 +252,9 @@ async def _retry_or_fail(
     fields: dict[str, Any], started: float,
 ) -> NoReturn:
     settings = deps.settings
-    if run.attempt > settings.job_max_retries:
-        await _fail(deps, job, run, f"Gave up after {run.attempt} attempts: {reason}", fields, started)
+    if run.retries >= settings.job_max_retries:
+        await _fail(deps, job, run, f"Gave up after {run.retries + 1} attempts: {reason}", fields, started,
+                    code="retries_exhausted")
     delay = backoff_delay(run.attempt, base=settings.job_retry_backoff_base, cap=settings.job_retry_backoff_max,
                           rng=deps.rng)
     if retry_after:

@@ -64,9 +64,14 @@ class TaskStatus(msgspec.Struct, kw_only=True):
     progress: int
     result: TaskResult | None
     error: str | None
+    error_code: str | None = None  # worker_lost, job_lost, … (a FAILURE's stable reason)
     agent_id: str | None = None
     kind: str | None = None
-    tries: int = 0
+    tries: int = 0  # runs so far
+    retries: int = 0  # transient failures retried (at most JOB_MAX_RETRIES)
+    worker_losses: int = 0  # runs whose worker died (at most JOB_MAX_WORKER_LOSSES)
+    # False while Redis cannot be read: state and times come from SQL, progress/result are unknown
+    live: bool = True
     created_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None

