@@ -19,9 +19,8 @@ from agent_service.config import Settings, load_settings
 from agent_service.errors import AppError, ConfigError
 from agent_service.identity import accounts
 from agent_service.identity.schemas import TIERS
-from agent_service.kit.deps import open_database, open_deps
+from agent_service.kit.deps import open_deps, open_migrated
 from agent_service.kit.fast_worker import FastWorker
-from agent_service.kit.migrations import migrate
 from agent_service.logging import configure_logging
 from agent_service.worker import build_worker_settings
 
@@ -48,11 +47,8 @@ def _migrate(settings: Settings) -> int:
     settings.require_stores()
 
     async def go() -> tuple[list[str], bool]:
-        db = await open_database(settings)
-        try:
-            applied = await migrate(db)
-        finally:
-            await db.close()
+        db, applied = await open_migrated(settings)
+        await db.close()
         deps = await open_deps(msgspec.structs.replace(settings, redis_url=settings.redis_url or NO_REDIS))
         try:
             return applied, await accounts.ensure_bootstrap_admin(deps)

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_max: PositiveInt = 10
     db_acquire_timeout: PositiveFloat = 5.0  # waiting longer for a pooled connection is a 503
     db_command_timeout: PositiveFloat = 30.0
+    db_start_timeout: NonNegFloat = 30.0  # at start, wait this long for the database before giving up
 
     # --- HTTP ----------------------------------------------------------------------------
     max_body_bytes: PositiveInt = 1_048_576

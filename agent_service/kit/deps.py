@@ -9,22 +9,28 @@ imports a domain and a domain never reaches into another's internals.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
 from agent_service.clock import Clock, utcnow
 from agent_service.config import Settings
-from agent_service.kit.db import Database, check_database_url
+from agent_service.errors import ConfigError
+from agent_service.kit.db import Database, DatabaseUnavailable, check_database_url
 from agent_service.kit.db_postgres import PostgresDatabase
 from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.metrics import JobMetrics, WorkerStats
 from agent_service.kit.migrations import migrate
 from agent_service.kit.ratelimit import RateLimiter
 from agent_service.kit.redis import RedisConn, connect
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Closer = Callable[[], Awaitable[None]]
@@ -86,9 +92,32 @@ async def open_database(settings: Settings) -> Database:
     return await SqliteDatabase.open(settings.database_path, busy_timeout_ms=settings.db_busy_timeout_ms)
 
 
+async def open_migrated(settings: Settings) -> tuple[Database, list[str]]:
+    """The database, migrated, and the migrations this call applied. A server still starting (or
+    briefly away) is waited for, up to DB_START_TIMEOUT; then a ConfigError names DATABASE_URL's
+    host, never a driver traceback."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.db_start_timeout
+    while True:
+        try:
+            db = await open_database(settings)
+            try:
+                applied = await migrate(db)
+            except BaseException:
+                await db.close()
+                raise
+            return db, applied
+        except DatabaseUnavailable:
+            if loop.time() >= deadline:
+                where = urlsplit(settings.database_url or "").netloc.rpartition("@")[2] or settings.database_path
+                raise ConfigError(f"cannot reach the database (DATABASE_URL host {where}) after "
+                                  f"{settings.db_start_timeout:g} s") from None
+            log.warning("db.waiting_at_start")
+            await asyncio.sleep(1.0)
+
+
 async def open_deps(settings: Settings, *, redis: RedisConn | None = None, clock: Clock = utcnow) -> Deps:
-    db = await open_database(settings)
-    await migrate(db)
+    db, _ = await open_migrated(settings)
     redis = redis if redis is not None else connect(settings)
     return Deps(
         settings=settings,
