@@ -58,8 +58,10 @@ def connect(settings: Settings) -> RedisConn:
     """A lazily-connecting pool: the web process starts (and serves sync invokes) with Redis down."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set")
+    # blocking reads (XREAD BLOCK of the event followers) pass their own, longer timeout
     pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout, socket_timeout=settings.redis_timeout,
+        health_check_interval=30,
     )
     return ArqRedis(
         pool,

@@ -22,6 +22,11 @@ _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BLOCK_MS = 5_000
 
 
+def _block_ms(deps: Deps) -> int:
+    # a blocking read must return before the connection's own timeout (REDIS_TIMEOUT) fires
+    return int(min(BLOCK_MS / 1000, max(0.2, deps.settings.redis_timeout - 0.5)) * 1000)
+
+
 def valid_event_id(value: str) -> bool:
     """A Redis stream id: two unsigned 64-bit numbers (Redis refuses anything larger)."""
     return bool(_EVENT_ID.match(value)) and all(int(part) < 2**64 for part in value.split("-"))
@@ -63,7 +68,7 @@ async def _follow(deps: Deps, task_id: str, after: str) -> AsyncIterator[Item]:
             state = record.state if record else "FAILURE"
             yield Item(StateEvent(state=state, progress=lifecycle.progress_of(state, None), final=True))  # type: ignore[arg-type]
             return
-        events = await live.read(task_id, after=after, block_ms=BLOCK_MS)
+        events = await live.read(task_id, after=after, block_ms=_block_ms(deps))
         if not events:
             yield Item(None)
             continue

@@ -3,6 +3,7 @@ anything is queued, honour scheduling and priority, and make retried submissions
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime, timedelta
 
@@ -17,7 +18,7 @@ from agent_service.agents.schemas import (
     validate_input,
 )
 from agent_service.agents.service import resolve_agent, to_app_error
-from agent_service.errors import ValidationFailed
+from agent_service.errors import AppError, ValidationFailed
 from agent_service.kit import serializer
 from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
@@ -77,9 +78,15 @@ async def enqueue(
     try:
         accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id)
     except BaseException:
-        await store.abandon(owner_id, idempotency_key)
+        with contextlib.suppress(AppError):
+            await store.abandon(owner_id, idempotency_key)
         raise
-    await store.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
+    try:
+        await store.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
+    except AppError:
+        # the job is queued: the client hears 202 whatever Redis does now (a retry with the key
+        # then waits out the claim and is told the request is still being processed)
+        log.warning("idempotency.complete_failed", task_id=accepted.task_id)
     return accepted, False
 
 
