@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_service import bootstrap  # noqa: E402
+from agent_service.cli import bootstrap  # noqa: E402
 from agent_service.cli.embedded import EmbeddedRedis, free_port  # noqa: E402
 from agent_service.config import load_settings  # noqa: E402
 

@@ -68,6 +68,7 @@ class EmbeddedPostgres:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def start(self) -> EmbeddedPostgres:
+        self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)
         for parent in (self.base, *self.base.parents):
             if parent == Path("/"):
