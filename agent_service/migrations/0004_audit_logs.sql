@@ -1,9 +1,9 @@
--- Append-only audit trail. `id` only ever grows (AUTOINCREMENT never reuses an id, even
+-- Append-only audit trail. `id` only ever grows (an auto id never reuses an id, even
 -- after the archive job deletes the newest rows), so (timestamp, id) is a stable total order.
 -- Timestamps are fixed-width ISO UTC text: ordering by string is ordering by time.
 -- Maintenance runs use action EXECUTE with resource_type 'maintenance' (no extra action).
 CREATE TABLE audit_logs (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               {{auto_id}},
     timestamp        TEXT NOT NULL,
     actor            TEXT NOT NULL,
     actor_user_id    TEXT,
