@@ -2,7 +2,9 @@
 
 One set serves both dialects. The few words that differ are placeholders filled per dialect
 (`{{auto_id}}`: an id that only ever grows); where a whole statement must differ,
-`migrations/<dialect>/NNNN_….sql` replaces the file of the same number. Web, worker and `migrate` all run this at start: the lock
+`migrations/<dialect>/NNNN_….sql` replaces the file of the same number.
+
+Web, worker and `migrate` all run this at start: the lock
 (BEGIN IMMEDIATE on SQLite, a transaction-scoped advisory lock on PostgreSQL) makes every other
 process wait for the first and then find nothing left to do, so ten processes starting at once
 apply each migration exactly once.
