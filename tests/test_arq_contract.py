@@ -3,6 +3,7 @@ in the installed versions: an upgrade that removes one fails here, not silently 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import aiosqlite
@@ -22,6 +23,7 @@ async def test_arq_worker_internals_we_override_are_there() -> None:
     missing = [name for name in ARQ_WORKER_PRIVATE if not hasattr(worker, name)]
     assert not missing, f"arq.worker.Worker lost {missing}: review kit/fast_worker.py"
     assert worker._job_completion_wait == 3
+    assert isinstance(worker.sem, asyncio.BoundedSemaphore) and worker.job_counter == 0
     # the overridden methods keep their shapes
     assert inspect.iscoroutinefunction(Worker._poll_iteration)
     assert list(inspect.signature(Worker.handle_sig_wait_for_completion).parameters) == ["self", "signum"]
@@ -30,7 +32,7 @@ async def test_arq_worker_internals_we_override_are_there() -> None:
 def test_fast_worker_overrides_only_names_in_the_contract() -> None:
     own = {name for name, value in vars(FastWorker).items() if callable(value) and name.startswith("_")
            and not name.startswith("__")}
-    assert own <= set(ARQ_WORKER_PRIVATE) | {"_poll_once"}, own - set(ARQ_WORKER_PRIVATE)
+    assert own <= set(ARQ_WORKER_PRIVATE) | {"_poll_once", "_restore_slots"}, own - set(ARQ_WORKER_PRIVATE)
 
 
 def test_arq_key_constants_are_there() -> None:

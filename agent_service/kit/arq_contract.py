@@ -15,6 +15,8 @@ ARQ_WORKER_PRIVATE = (
     "handle_sig",
     "tasks",  # running jobs by id
     "allow_pick_jobs",
+    "sem",  # the job slots (BoundedSemaphore(max_jobs + 1)) …
+    "job_counter",  # … and their count: recounted after a Redis error inside start_jobs
 )
 # public constants of arq.constants the lease and the queue adapter use
 ARQ_CONSTANTS = ("in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",

@@ -68,6 +68,7 @@ class FastWorker(Worker):
         try:
             await super()._poll_iteration()
         except (RedisError, OSError) as exc:
+            await self._restore_slots()
             now = loop.time()
             if self._outage_since is None:
                 self._outage_since = now
@@ -82,6 +83,15 @@ class FastWorker(Worker):
             log.warning("worker.redis_back", after_s=round(loop.time() - self._outage_since, 1))
             self._outage_since = None
         return True
+
+    async def _restore_slots(self) -> None:
+        """arq's start_jobs takes a slot before its Redis calls and leaks it when one fails with a
+        connection error: recount the slots from the jobs really running."""
+        running = sum(not t.done() for t in self.tasks.values())
+        self.job_counter = running
+        self.sem = asyncio.BoundedSemaphore(self.max_jobs + 1)  # arq's own bound
+        for _ in range(running):  # each running job releases its slot when it ends
+            await self.sem.acquire()
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         if self._draining:  # a second signal: stop now (arq re-queues what is running)
