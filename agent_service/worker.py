@@ -58,6 +58,7 @@ def build_worker_settings(settings: Settings) -> type:
         "poll_delay": settings.worker_poll_delay,
         "health_check_interval": settings.worker_health_interval,
         "keep_result": 0,
+        "log_results": False,  # a job's output is the user's data: never in the worker's log
         "job_serializer": serializer.serialize,
         "job_deserializer": serializer.deserialize,
         "on_startup": startup,

@@ -9,7 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agent_service.errors import MalformedJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from agent_service.errors import BadRequest, MalformedJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -92,7 +92,35 @@ def convert(obj: dict[str, Any], typ: type[T]) -> T:
         raise ValidationFailed("The request body is invalid.", errors=errors) from None
 
 
+MAX_DEPTH = 64  # deeper JSON is refused before parsing: no recursion limit is ever reached
+
+
+def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether brackets nest deeper than `limit` outside strings (one pass, no parsing)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
 def decode(raw: bytes, typ: type[T]) -> T:
+    if too_deep(raw):
+        raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.", code="json_too_deep")
     try:
         return msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as first:
