@@ -45,6 +45,7 @@ def _worker(settings: Settings) -> int:
 def _migrate(settings: Settings) -> int:
     """Apply the migrations (the Procfile's `release:` step) and create the bootstrap admin."""
     settings.require_stores()
+    configure_logging(settings, process="migrate")
 
     async def go() -> tuple[list[str], bool]:
         db, applied = await open_migrated(settings)

@@ -39,7 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None  # postgresql://… (PaaS add-ons set it): PostgreSQL instead of SQLite
     database_path: str = "var/agent_service.db"  # the SQLite file when DATABASE_URL is unset
     db_busy_timeout_ms: PositiveInt = 5000
-    db_pool_min: NonNegInt = 1
+    db_pool_min: NonNegInt = 0  # 0: no background reconnect loop (and its log noise) while the server is down
     db_pool_max: PositiveInt = 10
     db_acquire_timeout: PositiveFloat = 5.0  # waiting longer for a pooled connection is a 503
     db_command_timeout: PositiveFloat = 30.0

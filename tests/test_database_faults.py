@@ -274,9 +274,6 @@ def test_sqlite_locked_past_its_busy_timeout(tmp_path: Path, redis_server: Embed
     assert '"status": 500' not in web.output() and not tracebacks(web), web.tail(6000)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "every API-key request runs identity.repository.touch_key's UPDATE, which takes SQLite's write lock even "
-    "when it changes no row: a read with an API key is a 503 while another connection holds the write lock"))
 @pytest.mark.timeout(120)
 def test_sqlite_reads_with_an_api_key_go_on_while_the_write_lock_is_held(
         tmp_path: Path, redis_server: EmbeddedRedis, machines: list[Machine]) -> None:

@@ -23,7 +23,6 @@ from tests.support.stack import (
     clean_environ,
     key_prefix,
     postgres_server,
-    ready,
     submit,
     wait_ready,
     wait_state,
@@ -200,21 +199,3 @@ def test_honcho_start_web_and_worker_serve_a_task_end_to_end(app_env: dict[str, 
                message=lambda: f"left behind: {ours(app_env['REDIS_KEY_PREFIX'])}")
     assert "Traceback" not in out and ADMIN_PASSWORD not in out, out[-3000:]
     assert not Path(app_env["DATABASE_PATH"]).exists()
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "`honcho start` on the Procfile (as the README shows) also starts `release`; when migrate exits 0 honcho "
-    "stops web and worker at once, and honcho gives web PORT+100 (release takes $PORT)"))
-@pytest.mark.timeout(120)
-def test_honcho_start_as_the_readme_shows_keeps_serving_after_release(app_env: dict[str, str], tmp_path: Path,
-                                                                      started: list[Honcho]) -> None:
-    h = Honcho(app_env, tmp_path / "honcho.log")
-    started.append(h)
-    # whichever comes first: the web ready on $PORT, or honcho gone
-    wait_until(lambda: h.proc.poll() is not None or ready(h.base), timeout=40, interval=0.1,
-               message=lambda: h.output()[-3000:])
-    wait_until(lambda: "release.1 stopped" in h.output() or h.proc.poll() is not None, timeout=40, interval=0.1,
-               message=lambda: h.output()[-3000:])
-    assert "release.1 stopped (rc=0)" in h.output(), h.output()[-3000:]
-    assert h.proc.poll() is None, f"honcho exited ({h.proc.returncode}) once release was done:\n{h.output()[-3000:]}"
-    assert ready(h.base), f"the web is not on $PORT={app_env['PORT']}:\n" + h.output()[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -15,11 +16,13 @@ from agent_service.identity.passwords import verify_password_async
 from agent_service.identity.repository import UserRecord
 from agent_service.identity.schemas import SCOPES, USER_SCOPES, Me, Principal, TokenResponse
 from agent_service.identity.tokens import AuthKit, issue_access_token
+from agent_service.kit.db import DatabaseUnavailable
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 
 log = get_logger(__name__)
 BAD_LOGIN = "Incorrect email or password."
+TOUCH_EVERY_SECONDS = 60  # an API key's last_used_at is written at most this often
 
 
 def _hash(token: str) -> str:
@@ -118,7 +121,11 @@ async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
     user = await repo.get_user(deps.db, key.user_id)
     if user is None or not user.is_active:
         raise invalid
-    await repo.touch_key(deps.db, key.id, now=now)
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= TOUCH_EVERY_SECONDS:
+        # decided on the row already read, so most requests take no write lock; and best effort:
+        # a busy or locked database must not refuse a request that only reads
+        with contextlib.suppress(DatabaseUnavailable):
+            await repo.touch_key(deps.db, key.id, now=now, every_seconds=TOUCH_EVERY_SECONDS)
     # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`
     allowed = user_scopes(user)
     return Principal(user_id=user.id, email=user.email, roles=user.roles,
