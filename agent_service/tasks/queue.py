@@ -93,10 +93,16 @@ class JobQueue:
         pipe.zcount(self._queue_name, "-inf", now_ms)
         pipe.zcount(self._queue_name, f"({now_ms}", "+inf")
         due, deferred = await pipe.execute()
-        # arq keeps a running job in the queue until it ends: those are in progress, not queued
+        # arq keeps a running job in the queue until it ends: those are in progress, not queued.
+        # arq's in-progress marks are global to the Redis: count only the ones of this queue's jobs
+        ids = [k[len(in_progress_key_prefix):] async for k in
+               self.redis.scan_iter(match=in_progress_key_prefix + "*", count=500)]
         running = 0
-        async for _ in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=500):
-            running += 1
+        if ids:
+            check = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                check.zscore(self._queue_name, job_id)
+            running = sum(score is not None for score in await check.execute())
         return {"queued": max(0, int(due) - running), "deferred": int(deferred), "running": running}
 
 
