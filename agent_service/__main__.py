@@ -37,8 +37,8 @@ def _worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise ConfigError("REDIS_URL is not set (or use `python -m agent_service dev`)")
     settings.require_stores()
-    FastWorker(**get_kwargs(build_worker_settings(settings)),
-               outage_exit_seconds=settings.worker_outage_exit_seconds).run()
+    FastWorker(**get_kwargs(build_worker_settings(settings)), outage_exit_seconds=settings.worker_outage_exit_seconds,
+               lease_seconds=settings.job_lease_seconds).run()
     return 0
 
 

@@ -29,7 +29,8 @@ def build_worker_settings(settings: Settings) -> type:
 
     async def startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings, process="worker")
-        deps = await open_deps(settings, redis=ctx["redis"])
+        # the jobs get their own pool with REDIS_TIMEOUT (arq's pool has no read timeout)
+        deps = await open_deps(settings)
         provide_parts(deps)
         await audit_service.start_writer(deps)
         deps.stats = WorkerStats()
@@ -47,7 +48,7 @@ def build_worker_settings(settings: Settings) -> type:
             if deps.stats is not None:
                 with contextlib.suppress(AppError):
                     await WorkerBoard.of(deps).remove(deps.stats.worker_id)
-            await deps.aclose(close_redis=False)  # arq closes its own pool
+            await deps.aclose()
 
     attrs = {
         "functions": jobs.agent_functions(settings),

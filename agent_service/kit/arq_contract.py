@@ -15,6 +15,7 @@ ARQ_WORKER_PRIVATE = (
     "handle_sig",
     "tasks",  # running jobs by id
     "allow_pick_jobs",
+    "in_progress_timeout_s",  # how long a started job is marked in progress: set to the lease
     "sem",  # the job slots (BoundedSemaphore(max_jobs + 1)) …
     "job_counter",  # … and their count: recounted after a Redis error inside start_jobs
 )

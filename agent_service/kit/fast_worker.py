@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 from typing import Any
 
@@ -30,12 +31,18 @@ from agent_service.logging import get_logger
 
 log = get_logger("agent_service.worker")
 BACKOFF_MAX = 5.0
+POLL_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 10.0
 
 
 class FastWorker(Worker):
-    def __init__(self, *args: Any, outage_exit_seconds: float = 300.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, outage_exit_seconds: float = 300.0, lease_seconds: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if lease_seconds:
+            # arq marks a started job in progress for its longest time limit (+10 s); the job's
+            # own lease renewal shortens it, and this closes the moment before the first renewal
+            self.in_progress_timeout_s = lease_seconds
         self._slot_freed = asyncio.Event()
         self._outage_exit = outage_exit_seconds
         self._outage_since: float | None = None
@@ -62,12 +69,25 @@ class FastWorker(Worker):
             except TimeoutError:
                 return
 
+    def _collect_finished(self) -> None:
+        """Take finished job tasks out before arq does: arq re-raises the first one's error (a job
+        whose Redis call failed during an outage) out of the poll, which would read as a new
+        outage; here each is logged once and dropped."""
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:
+                    log.warning("worker.job_task_failed", job_id=job_id, error=type(exc).__name__)
+
     async def _poll_once(self) -> bool:
         """One arq poll; False after a Redis failure (already waited out a backoff step)."""
         loop = asyncio.get_running_loop()
+        self._collect_finished()
         try:
-            await super()._poll_iteration()
-        except (RedisError, OSError) as exc:
+            # a frozen (not stopped) Redis must not hang the loop: arq's pool has no read timeout
+            await asyncio.wait_for(super()._poll_iteration(), POLL_TIMEOUT)
+        except (RedisError, OSError, TimeoutError) as exc:
             await self._restore_slots()
             now = loop.time()
             if self._outage_since is None:
@@ -77,7 +97,8 @@ class FastWorker(Worker):
                 log.error("worker.redis_outage_too_long", seconds=round(now - self._outage_since))
                 self.exit_code = 1
                 raise SystemExit(1) from None
-            await asyncio.sleep(min(BACKOFF_MAX, 0.25 * 2 ** min(6, int(now - self._outage_since))))
+            step = min(BACKOFF_MAX, 0.25 * 2 ** min(6, int(now - self._outage_since)))
+            await asyncio.sleep(step * random.uniform(0.5, 1.0))  # jitter: workers do not retry in step
             return False
         if self._outage_since is not None:
             log.warning("worker.redis_back", after_s=round(loop.time() - self._outage_since, 1))

@@ -77,9 +77,14 @@ async def heartbeat(deps: Deps, interval: float) -> None:
     assert deps.stats is not None
     board = WorkerBoard.of(deps)
     started_at = deps.clock()
+    failing = False
     while True:
         try:
             await board.beat(deps.stats, started_at=started_at, now=deps.clock(), ttl=interval * 3)
         except AppError:
-            log.warning("worker.heartbeat_failed")
+            if not failing:  # the poll loop reports the outage; here a quiet note, once
+                log.info("worker.heartbeat_failed")
+            failing = True
+        else:
+            failing = False
         await asyncio.sleep(interval)

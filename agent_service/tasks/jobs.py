@@ -34,6 +34,9 @@ MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a f
 async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     deps: Deps = ctx["deps"]
     job = msgspec.convert(payload, AgentJob)
+    # first thing, so that arq's long in-progress mark never outlives a worker (or a Redis) dying
+    # now: the job runs again within the lease, whatever its time limit
+    lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds))
     structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
     try:
         delay = await admit(deps, job, job_name(job))
@@ -43,11 +46,7 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         attempt = ctx["job_try"] - await lifecycle.live(deps).deferrals(job.task_id)
         if attempt == 1 and deps.metrics is not None:
             await deps.metrics.enqueue_latency(job_name(job), time.time() - ctx["enqueue_time"].timestamp())
-        lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds))
-        try:
-            await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
-        finally:
-            lease.cancel()
+        await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
     except RetryLater as exc:
         raise Retry(defer=exc.delay) from None
     except ServiceUnavailable:
@@ -57,6 +56,7 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
             await lifecycle.defer(deps, job.task_id)
         raise Retry(defer=STORE_RETRY_SECONDS) from None
     finally:
+        lease.cancel()
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
 
 

@@ -38,6 +38,7 @@ from agent_service.tasks.schemas import AgentJob, JobResult
 log = get_logger("agent_service.tasks")
 
 HARD_LIMIT_MARGIN = 0.1
+RELEASE_EVERY_SECONDS, RELEASE_TRIES = 0.5, 600  # retry a failed release for up to 5 minutes
 CANCEL_POLL_SECONDS = 0.25
 
 
@@ -51,6 +52,20 @@ class SoftTimeLimit(Exception):
 
 class CancelledByRequest(Exception):
     pass
+
+
+_pending_releases: set[asyncio.Task[None]] = set()
+
+
+async def _release_later(deps: Deps, task_id: str) -> None:
+    try:
+        for _ in range(RELEASE_TRIES):
+            await asyncio.sleep(RELEASE_EVERY_SECONDS)
+            with contextlib.suppress(AppError):
+                await lifecycle.release_run(deps, task_id)
+                return
+    finally:
+        _pending_releases.discard(asyncio.current_task())  # type: ignore[arg-type]
 
 
 def job_name(job: AgentJob) -> str:
@@ -113,8 +128,10 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
             deps.stats.running -= 1
         # every way out this worker sees (incl. a shutdown's cancel) lets go of the run; only a
         # dead worker leaves it behind, which the next run counts as a lost worker
-        with contextlib.suppress(AppError):
+        try:
             await lifecycle.release_run(deps, job.task_id)
+        except AppError:  # Redis is away: let go as soon as it is back (this worker is alive)
+            _pending_releases.add(asyncio.create_task(_release_later(deps, job.task_id)))
 
 
 async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, worker_lost: bool) -> None:
