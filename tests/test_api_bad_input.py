@@ -15,6 +15,8 @@ from tests.support.problems import assert_problem
 
 JSON = {"content-type": "application/json"}
 ROUTES = ["/api/v1/agents/invoke", "/api/v1/agents/stream", "/api/v1/agents/echo/invoke-async"]
+# a body, a route or a header refused before any handler runs: nothing of it reaches SQL
+REFUSED_BEFORE_SQL = pytest.mark.sqlite_only
 
 
 async def queued(settings: Settings) -> int:
@@ -26,11 +28,13 @@ async def queued(settings: Settings) -> int:
 
 @pytest.mark.parametrize("path", ROUTES)
 @pytest.mark.parametrize("body", [b"{", b"not json", b'{"message": "x",}', b"\xff\xfe"])
+@REFUSED_BEFORE_SQL
 async def test_malformed_json_is_400(client: Client, path: str, body: bytes) -> None:
     assert_problem(await client.post(path, content=body, headers=JSON), 400, "malformed_json")
 
 
 @pytest.mark.parametrize("path", ROUTES)
+@REFUSED_BEFORE_SQL
 async def test_schema_errors_list_every_bad_field(client: Client, path: str) -> None:
     body = {"message": "", "session_id": 5, "metadata": [1], "extra": True}
     problem = assert_problem(await client.post(path, json=body), 422, "validation_error")
@@ -44,12 +48,14 @@ async def test_schema_errors_list_every_bad_field(client: Client, path: str) -> 
      ({"message": None}, "$.message"), ({"message": "ok", "session_id": "bad id!"}, "$.session_id"),
      ({"message": "ok", "stream": "yes"}, "$.stream"), ([1, 2], "$")],
 )
+@REFUSED_BEFORE_SQL
 async def test_each_schema_error_names_its_path(client: Client, body: object, path: str) -> None:
     resp = await client.post("/api/v1/agents/echo/invoke-async", json=body)
     problem = assert_problem(resp, 422)
     assert [e["path"] for e in problem["errors"]] == [path]  # type: ignore[attr-defined]
 
 
+@REFUSED_BEFORE_SQL
 async def test_stream_flag_is_not_accepted_by_sync_invoke(client: Client) -> None:
     problem = assert_problem(await client.post("/api/v1/agents/invoke", json={"message": "x", "stream": True}), 422)
     assert problem["errors"] == [{"path": "$.stream", "message": "Unknown field"}]
@@ -61,11 +67,13 @@ async def test_max_length_message_is_accepted(client: Client) -> None:
 
 
 @pytest.mark.parametrize("path", ROUTES)
+@REFUSED_BEFORE_SQL
 async def test_wrong_content_type_is_415(client: Client, path: str) -> None:
     resp = await client.post(path, content=b"message=hi", headers={"content-type": "application/x-www-form-urlencoded"})
     assert_problem(resp, 415)
 
 
+@REFUSED_BEFORE_SQL
 async def test_oversized_body_is_413(client: Client) -> None:
     body = json.dumps({"message": "x", "metadata": {"pad": "y" * 2_000_000}}).encode()
     assert_problem(await client.post("/api/v1/agents/invoke", content=body, headers=JSON), 413)
@@ -105,11 +113,13 @@ async def test_unknown_task_is_404(client: Client) -> None:
     assert_problem(await client.get("/api/v1/agents/tasks/" + "x" * 500), 404)
 
 
+@REFUSED_BEFORE_SQL
 async def test_unknown_route_and_wrong_method(client: Client) -> None:
     assert_problem(await client.get("/api/v1/nothing-here"), 404, "not_found")
     assert_problem(await client.get("/api/v1/agents/invoke"), 405, "method_not_allowed")
 
 
+@REFUSED_BEFORE_SQL
 async def test_request_id_is_echoed_when_well_formed_and_replaced_otherwise(client: Client) -> None:
     resp = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
     assert resp.headers["x-request-id"] == "abc-123"
@@ -118,6 +128,7 @@ async def test_request_id_is_echoed_when_well_formed_and_replaced_otherwise(clie
     assert rid != "bad id" and len(rid) == 32
 
 
+@REFUSED_BEFORE_SQL
 async def test_unexpected_exception_is_a_generic_500_with_request_id(client: Client) -> None:
     async def boom(request: object) -> None:
         raise RuntimeError("secret internal detail")

@@ -1,4 +1,5 @@
-"""Audit log: the buffered writer, the query filters, cursor pages and stats, on a real SQLite file."""
+"""Audit log: the buffered writer, the query filters, cursor pages and stats, on a real SQLite file and a
+real PostgreSQL database (the locked-file tests are SQLite's alone)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,21 @@ from agent_service.audit.service import AuditWriter, audit_entry
 from agent_service.errors import NotFound, ValidationFailed
 from agent_service.identity.schemas import Principal
 from agent_service.kit.db import Database
-from agent_service.kit.db_sqlite import SqliteDatabase
-from agent_service.kit.migrations import migrate
+from tests.support.databases import TestDatabase
 from tests.support.waiting import wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.db"
+def db_path(test_database: TestDatabase) -> Path:
+    return test_database.path
 
 
 @pytest.fixture
-async def db(db_path: Path) -> AsyncIterator[Database]:
+async def db(test_database: TestDatabase) -> AsyncIterator[Database]:
     # a short busy timeout so the "database locked" tests fail fast instead of waiting 5 s
-    database = await SqliteDatabase.open(str(db_path), busy_timeout_ms=50)
-    await migrate(database)
+    database = await test_database.open(busy_timeout_ms=50)
     yield database
     await database.close()
 
@@ -131,6 +130,7 @@ async def test_record_fills_the_timestamp_at_record_time(db: Database) -> None:
     assert [r[0] for r in rows] == ["2026-03-01T12:00:00.000000+00:00", "2026-02-28T12:00:00.000000+00:00"]
 
 
+@pytest.mark.sqlite_only  # another connection holding SQLite's file-wide write lock
 async def test_a_locked_database_keeps_entries_for_the_next_flush(db: Database, db_path: Path) -> None:
     writer = AuditWriter(db, flush_interval=3600, batch_size=2)
     async with aiosqlite.connect(db_path, isolation_level=None) as other:
@@ -145,6 +145,7 @@ async def test_a_locked_database_keeps_entries_for_the_next_flush(db: Database, 
     await writer.aclose()
 
 
+@pytest.mark.sqlite_only  # the full buffer is made with SQLite's file-wide write lock
 async def test_the_buffer_is_bounded_and_drops_the_oldest(db: Database, db_path: Path) -> None:
     writer = AuditWriter(db, flush_interval=3600, batch_size=2, max_buffer=3)
     async with aiosqlite.connect(db_path, isolation_level=None) as other:

@@ -21,8 +21,7 @@ from agent_service.audit import repository as audit_store
 from agent_service.audit.archive import archive_old_audit_logs, read_archive
 from agent_service.audit.schemas import AuditEntry, AuditRecord
 from agent_service.kit.db import Database
-from agent_service.kit.db_sqlite import SqliteDatabase
-from agent_service.kit.migrations import migrate
+from tests.support.databases import TestDatabase
 from tests.support.environment import ROOT
 
 NOW = datetime(2026, 6, 1, 2, 0, tzinfo=UTC)
@@ -34,9 +33,8 @@ class SimulatedCrash(Exception):
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await SqliteDatabase.open(str(tmp_path / "audit.db"))
-    await migrate(database)
+async def db(test_database: TestDatabase) -> AsyncIterator[Database]:
+    database = await test_database.open()
     yield database
     await database.close()
 
@@ -183,10 +181,10 @@ import asyncio, sys
 from datetime import datetime
 from pathlib import Path
 from agent_service.audit.archive import archive_old_audit_logs
-from agent_service.kit.db_sqlite import SqliteDatabase
+from tests.support.databases import open_target
 
 async def main():
-    db = await SqliteDatabase.open(sys.argv[1])
+    db = await open_target(sys.argv[1])  # a SQLite file's path or a PostgreSQL URL
     async def progress(path):
         print(path.name, flush=True)
     await archive_old_audit_logs(db, archive_dir=Path(sys.argv[2]), retention_days=90,
@@ -197,9 +195,9 @@ asyncio.run(main())
 """
 
 
-def _run_and_kill(db_path: Path, archive_dir: Path, after_files: int) -> None:
+def _run_and_kill(target: str, archive_dir: Path, after_files: int) -> None:
     """Run the archive in a child process and SIGKILL it after `after_files` files are durable."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db_path), str(archive_dir), NOW.isoformat()],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, target, str(archive_dir), NOW.isoformat()],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
@@ -216,19 +214,20 @@ def _run_and_kill(db_path: Path, archive_dir: Path, after_files: int) -> None:
         proc.stdout.close()
 
 
-async def test_sigkilled_runs_then_a_rerun_lose_nothing_and_archive_nothing_twice(tmp_path: Path) -> None:
-    db_path, archive_dir = tmp_path / "audit.db", tmp_path / "archive"
-    db = await SqliteDatabase.open(str(db_path))
-    await migrate(db)
+async def test_sigkilled_runs_then_a_rerun_lose_nothing_and_archive_nothing_twice(
+    test_database: TestDatabase, tmp_path: Path
+) -> None:
+    archive_dir = tmp_path / "archive"
+    db = await test_database.open()
     await insert(db, [at(1) + timedelta(minutes=17 * i) for i in range(2000)] + [NOW])
     expected = await old_rows(db)
     assert len(expected) > 1500
     await db.close()
 
     for after_files in (5, 13, 29):
-        await asyncio.to_thread(_run_and_kill, db_path, archive_dir, after_files)
+        await asyncio.to_thread(_run_and_kill, test_database.target, archive_dir, after_files)
 
-    db = await SqliteDatabase.open(str(db_path))
+    db = await test_database.open(migrated=False)
     try:
         await archive_old_audit_logs(db, archive_dir=archive_dir, retention_days=90, now=NOW, batch_size=7)
         assert_each_archived_once(archive_dir, expected)

@@ -22,6 +22,8 @@ from tests.support.cdp import Browser, Page, find_chromium
 from tests.support.environment import ROOT
 from tests.support.processes import Live, bootstrap_user
 
+pytestmark = pytest.mark.sqlite_only  # the page, its assets and a browser: no SQL of their own
+
 OUTPUT_DIR = ROOT / "test-output"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
        "frame-ancestors 'none'")

@@ -63,6 +63,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.e2e  # two uvicorn child processes
+@pytest.mark.sqlite_only  # the limiter is Redis's: no SQL in what it checks
 def test_burst_across_two_web_processes_admits_exactly_the_limit(env: dict[str, str], spawn: Callable[..., Any]):
     key = bootstrap_user(env, "burst@example.com")
     bases = []
@@ -124,6 +125,7 @@ async def test_redis_down_fails_open_for_reads_local_for_sync_closed_for_queuein
 
 
 @pytest.mark.slow  # the deferred job waits for the next token, 10 s
+@pytest.mark.sqlite_only  # the job limiter is Redis's, and 20 s twice is too long for what SQL adds
 async def test_job_limits_hold_across_two_workers_and_defer_without_using_tries(
     make_settings, start_worker: Start,  # type: ignore[no-untyped-def]
 ) -> None:

@@ -277,12 +277,14 @@ async def test_two_apps_in_one_process_keep_their_own_http_metrics(settings: Set
 
 # --- METRICS_TOKEN ---------------------------------------------------------------------------
 
+@pytest.mark.sqlite_only  # METRICS_TOKEN on /metrics: no SQL in it
 async def test_without_a_token_metrics_are_open(settings: Settings) -> None:
     async with app_client(settings, authenticated=False) as c:
         resp = await c.get("/metrics")
         assert resp.status_code == 200 and "# TYPE http_requests_total counter" in resp.text
 
 
+@pytest.mark.sqlite_only  # METRICS_TOKEN on /metrics: no SQL in it
 async def test_token_is_required_when_set(make_settings: Callable[..., Settings]) -> None:
     async with app_client(make_settings(metrics_token="s3cret-token"), authenticated=False) as c:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
@@ -292,6 +294,7 @@ async def test_token_is_required_when_set(make_settings: Callable[..., Settings]
             assert "agent_jobs" not in resp.text and "http_requests_total" not in resp.text
 
 
+@pytest.mark.sqlite_only  # METRICS_TOKEN on /metrics: no SQL in it
 async def test_endpoint_checks_the_token_itself(make_settings: Callable[..., Settings]) -> None:
     """The endpoint's own check, with the API's credential middleware taken out of the way."""
     app = create_app(make_settings(metrics_token="s3cret-token"))
@@ -305,6 +308,7 @@ async def test_endpoint_checks_the_token_itself(make_settings: Callable[..., Set
             assert parse(ok.text)
 
 
+@pytest.mark.sqlite_only  # METRICS_TOKEN on /metrics: no SQL in it
 async def test_scraper_with_the_right_token_gets_metrics(make_settings: Callable[..., Settings]) -> None:
     """`Authorization: Bearer <METRICS_TOKEN>` reaches /metrics: the API's credential check (which
     would read it as a malformed JWT) leaves this path alone."""

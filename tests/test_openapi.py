@@ -15,6 +15,8 @@ from agent_service.kit.endpoint import Public, Scoped
 from agent_service.kit.openapi.builder import walk
 from tests.support.apps import Client, add_user
 
+pytestmark = pytest.mark.sqlite_only  # the document and the docs pages: no SQL of their own
+
 TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "API Keys", "Audit Logs", "Admin"]
 
 

@@ -19,7 +19,8 @@ from tests.support.environment import ROOT
 from tests.support.fake_openai import FakeOpenAI, start_fake_openai
 from tests.support.processes import Live, bootstrap_user
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# SQLite only: a minute of fuzzing, and the schema it checks is the same on both backends
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.sqlite_only]
 
 MAX_EXAMPLES = 15
 

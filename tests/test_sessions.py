@@ -1,10 +1,9 @@
-"""Conversation sessions on a real SQLite file; time is moved, never slept."""
+"""Conversation sessions on a real SQLite file and a real PostgreSQL database; time is moved, never slept."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -12,12 +11,11 @@ from agent_service.config import Settings
 from agent_service.errors import NotFound, ValidationFailed
 from agent_service.kit import pagination as cursors
 from agent_service.kit.db import Database
-from agent_service.kit.db_sqlite import SqliteDatabase
-from agent_service.kit.migrations import migrate
 from agent_service.sessions import repository as session_store
 from agent_service.sessions.jobs import cleanup_expired_sessions
 from agent_service.sessions.schemas import ChatMessage, SessionQuery
 from agent_service.sessions.service import SessionService, make_title
+from tests.support.databases import TestDatabase
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -34,9 +32,8 @@ class FakeClock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await SqliteDatabase.open(str(tmp_path / "sessions.db"))
-    await migrate(database)
+async def db(test_database: TestDatabase) -> AsyncIterator[Database]:
+    database = await test_database.open()
     yield database
     await database.close()
 

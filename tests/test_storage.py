@@ -3,20 +3,26 @@ import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from agent_service.kit.db_sqlite import SqliteDatabase
 from agent_service.kit.migrations import available, migrate
 from agent_service.tasks import repository as tasks
+from tests.support.databases import TestDatabase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def test_migrations_apply_once(tmp_path: Path) -> None:
-    db = await SqliteDatabase.open(str(tmp_path / "a.db"))
+async def test_migrations_apply_once(test_database: TestDatabase) -> None:
+    db = await test_database.open(migrated=False)
     first = await migrate(db)
-    assert first == [name for _, name, _ in available()]
+    assert first == [name for _, name, _ in available(db.dialect)]
     assert await migrate(db) == []
-    row = await db.fetchone("PRAGMA journal_mode")
-    assert row is not None and row[0] == "wal"
+    rows = await db.fetchall("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [(r[0], r[1]) for r in rows] == [(v, name) for v, name, _ in available(db.dialect)]
+    if db.dialect == "sqlite":
+        row = await db.fetchone("PRAGMA journal_mode")
+        assert row is not None and row[0] == "wal"
     await db.close()
 
 
@@ -29,6 +35,7 @@ def _migrate_in_process(path: str) -> None:
     asyncio.run(go())
 
 
+@pytest.mark.sqlite_only  # SQLite's BEGIN IMMEDIATE; PostgreSQL's advisory lock: test_postgres.py
 def test_concurrent_migration_from_several_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "race.db")
     ctx = multiprocessing.get_context("spawn")
@@ -49,9 +56,8 @@ def test_concurrent_migration_from_several_processes(tmp_path: Path) -> None:
     assert asyncio.run(check()) == len(available())
 
 
-async def test_task_lifecycle_and_finished_tasks_stay_finished(tmp_path: Path) -> None:
-    db = await SqliteDatabase.open(str(tmp_path / "t.db"))
-    await migrate(db)
+async def test_task_lifecycle_and_finished_tasks_stay_finished(test_database: TestDatabase) -> None:
+    db = await test_database.open()
     await tasks.create(db, task_id="t1", kind="invoke", agent_id="echo", owner_id="u1", request_id="r",
                        session_id=None, now=T0)
     rec = await tasks.get(db, "t1")
