@@ -174,3 +174,22 @@ async def test_cancel_says_what_happened(client: Client, settings: Settings,
     assert resp.status_code == 202 and resp.json()["state"] == "STARTED"  # stopping: the state it is in
     final = await finished(client, running)
     assert final["state"] == "REVOKED" and final["result"]["incomplete"] is True
+
+
+async def test_a_job_without_its_record_is_counted_never_silent(
+    client: Client, settings: Settings, start_worker: Callable[..., Any]
+) -> None:
+    """A queue entry whose durable record this deployment cannot find (another machine's SQLite,
+    a record lost with a restore): a WARNING with the task id and a metric, never a silent skip."""
+    deps = client.app.state.deps
+    task_id = uuid.uuid4().hex
+    job = {"task_id": task_id, "agent_id": "echo", "message": "nobody knows me"}
+    assert await lifecycle.queue(deps).enqueue("invoke_agent_async", job, job_id=task_id)
+    await start_worker(settings)
+
+    async def counted() -> bool:
+        text = (await client.get("/metrics")).text
+        return 'agent_jobs_orphaned_total{job="invoke_agent_async"} 1.0' in text
+
+    await wait_for(counted, timeout=15)
+    assert await task_store.get(deps.db, task_id) is None
