@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from agent_service.errors import ValidationFailed
 from agent_service.kit.db import DatabaseUnavailable, Dialect, Row, UniqueViolation, to_dollar
 from agent_service.logging import get_logger
 
@@ -101,6 +102,11 @@ class PostgresDatabase:
                 yield _Tx(conn)
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(str(exc)) from None
+        except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+            # PostgreSQL text cannot hold U+0000 (SQLite can): the client's input, not our fault
+            raise ValidationFailed("Text holding a NUL character (\\u0000) cannot be stored or looked up.",
+                                   code="nul_character",
+                                   errors=[{"path": "$", "message": "NUL characters are not allowed"}]) from None
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from None
 
