@@ -86,17 +86,24 @@ async def _cancellable(deps: Deps, task_id: str, work: Awaitable[JobResult]) -> 
         nonlocal requested
         while not job.done():
             await asyncio.sleep(CANCEL_POLL_SECONDS)
+            if requested:
+                # a cancellation that lands inside a Redis call can be swallowed by the driver:
+                # repeat it until the work has stopped
+                job.cancel()
+                continue
             try:
                 if await lifecycle.live(deps).cancel_requested(task_id):
                     requested = True
                     job.cancel()
-                    return
             except AppError:
                 continue  # Redis blip: keep the job running, look again next time
 
     watcher = asyncio.create_task(watch())
     try:
-        return await job
+        result = await job
+        if requested:  # it finished although asked to stop: the request wins
+            raise CancelledByRequest
+        return result
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if requested and not (current and current.cancelling()):
