@@ -32,7 +32,7 @@ async def test_arq_worker_internals_we_override_are_there() -> None:
 def test_fast_worker_overrides_only_names_in_the_contract() -> None:
     own = {name for name, value in vars(FastWorker).items() if callable(value) and name.startswith("_")
            and not name.startswith("__")}
-    ours = {"_poll_once", "_restore_slots", "_collect_finished"}
+    ours = {"_poll_once", "_restore_slots", "_collect_finished", "_force_exit"}
     assert own <= set(ARQ_WORKER_PRIVATE) | ours, own - set(ARQ_WORKER_PRIVATE)
 
 

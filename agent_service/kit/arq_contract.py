@@ -18,6 +18,7 @@ ARQ_WORKER_PRIVATE = (
     "in_progress_timeout_s",  # how long a started job is marked in progress: set to the lease
     "sem",  # the job slots (BoundedSemaphore(max_jobs + 1)) …
     "job_counter",  # … and their count: recounted after a Redis error inside start_jobs
+    "loop",  # the worker's event loop (the forced-exit timer after a drain)
 )
 # public constants of arq.constants the lease and the queue adapter use
 ARQ_CONSTANTS = ("in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",

@@ -64,8 +64,11 @@ class FastWorker(Worker):
             remaining = deadline - loop.time()
             if remaining <= 0 or self.burst:
                 return
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancellation that stops
+            # the worker when the inner wait completes at the same moment
             try:
-                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._slot_freed.wait()
             except TimeoutError:
                 return
 
@@ -86,7 +89,8 @@ class FastWorker(Worker):
         self._collect_finished()
         try:
             # a frozen (not stopped) Redis must not hang the loop: arq's pool has no read timeout
-            await asyncio.wait_for(super()._poll_iteration(), POLL_TIMEOUT)
+            async with asyncio.timeout(POLL_TIMEOUT):
+                await super()._poll_iteration()
         except (RedisError, OSError, TimeoutError) as exc:
             await self._restore_slots()
             now = loop.time()
@@ -122,6 +126,13 @@ class FastWorker(Worker):
         self._draining = True
         log.info("worker.draining", seconds=self._job_completion_wait, running=len(self.tasks))
         super().handle_sig_wait_for_completion(signum)
+        # exit always happens: whatever hangs after the drain, the process is gone in bounded time
+        # (its unfinished jobs are back in the queue, or their leases expire)
+        self.loop.call_later(self._job_completion_wait + 2 * CLOSE_TIMEOUT, self._force_exit)
+
+    def _force_exit(self) -> None:
+        log.error("worker.forced_exit", reason="shutdown did not finish in time")
+        os._exit(self.exit_code or 1)
 
     async def close(self) -> None:
         """arq's close, bounded: with Redis gone it would fail before the shutdown hook ran."""
