@@ -75,6 +75,7 @@ class Docs(msgspec.Struct, frozen=True, kw_only=True):
     response: type | None = None
     query: type | None = None
     status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses with the same body (e.g. 202 while stopping)
     errors: tuple[int, ...] = ()
     # Server-Sent Events: the Struct types of the events the stream carries
     events: tuple[type, ...] = ()

@@ -98,7 +98,8 @@ async def list_tasks(request: Request) -> Response:
 @endpoint(
     auth=Scoped("tasks:cancel"),
     docs=Docs(
-        summary="Cancel a task", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 409, 503),
+        summary="Cancel a task", tag="Background Jobs", response=TaskStatus, also=(202,),
+        errors=(401, 403, 404, 409, 503),
         description="A queued or deferred task is `REVOKED` at once and never starts (200). A running one "
         "stops within a second and keeps any partial stream output: the answer is then 202 with the "
         "state it is in (`STARTED`), and the task's status or events show `REVOKED` shortly after. "
@@ -109,7 +110,11 @@ async def cancel_task(request: Request) -> Response:
     context.audit(request, "CANCEL", "task", request.path_params["task_id"])
     status = await service.cancel(context.deps(request), request.path_params["task_id"],
                                   owner_id=context.owner_id(request), is_admin=context.is_admin(request))
-    return json_response(status, status=200 if status.state == "REVOKED" else 202, headers=NO_STORE)
+    if status.state == "REVOKED":
+        return json_response(status, headers=NO_STORE)
+    # still stopping: follow the task where the Location points
+    return json_response(status, status=202, headers={**NO_STORE, "Location": service.status_url(
+        context.deps(request), status.task_id)})
 
 
 @endpoint(

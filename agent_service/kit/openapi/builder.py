@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from http import HTTPStatus
 from importlib import metadata
 from typing import Any
 
@@ -178,6 +179,11 @@ def _responses(spec: EndpointSpec) -> dict[str, Any]:
     elif docs.media_type:
         ok["content"] = {docs.media_type: {"schema": {"type": "string"}, "examples": {"example": {"value": "…"}}}}
     responses: dict[str, Any] = {str(docs.status): ok}
+    for extra in docs.also:
+        extra_headers = {**headers, "Location": _header("URL to follow the resource at", "string")} \
+            if extra == 202 else headers
+        responses[str(extra)] = {**ok, "description": f"{docs.summary} ({HTTPStatus(extra).phrase})",
+                                 **({"headers": extra_headers} if extra_headers else {})}
     errors = set(docs.errors)
     if secured:
         errors |= {401, 403}
