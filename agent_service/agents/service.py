@@ -126,7 +126,7 @@ async def _events(
             err = to_app_error(exc)
             yield StreamError(code=err.code, detail=err.detail, status=err.status)
             return
-        except Exception:
+        except Exception:  # agents are user code: a crash mid-stream ends it with an error event
             log.exception("stream.agent_crashed", agent=agent_name)
             yield StreamError(code="agent_error", detail="The agent failed.", status=502)
             return

@@ -107,7 +107,7 @@ def _write_file(directory: Path, name: str, records: list[AuditRecord]) -> int:
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, directory / name)
-    except BaseException:
+    except BaseException:  # a half-written archive file must never be left where recovery reads
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(directory)

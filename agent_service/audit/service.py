@@ -147,7 +147,7 @@ class AuditWriter:
         if self._task is not None:
             try:
                 await self._task
-            except Exception:
+            except Exception:  # shutdown goes on whatever the writer task died of; the flush below retries
                 log.exception("audit_writer_task_failed")
             self._task = None
         self._closed = True

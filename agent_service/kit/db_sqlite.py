@@ -140,7 +140,7 @@ class SqliteDatabase:
         await self._tx.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield
-        except BaseException:
+        except BaseException:  # whatever stopped the transaction (cancel included) must not leave it open
             try:
                 await self._conn.execute("ROLLBACK")
             except (sqlite3.Error, OSError):

@@ -103,7 +103,7 @@ async def open_migrated(settings: Settings) -> tuple[Database, list[str]]:
             db = await open_database(settings)
             try:
                 applied = await migrate(db)
-            except BaseException:
+            except BaseException:  # any failure (or cancel) mid-migration: no pool left open, then raise
                 await db.close()
                 raise
             return db, applied

@@ -76,7 +76,7 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
+        except Exception:  # the last resort: a bug must still answer problem+json with the request id
             log.exception("http.unhandled_error", path=scope.get("path"))
             if not response_started:
                 await internal_error(scope)(scope, receive, send_wrapper)

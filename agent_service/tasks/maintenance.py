@@ -64,7 +64,7 @@ async def run(deps: Deps, job: MaintenanceJob, *, task_id: str | None, slot: str
     trigger = {"trigger": how, "slot": slot} if slot else {"trigger": how, "task_id": task_id}
     try:
         result = await job.run(deps)
-    except Exception as exc:
+    except Exception as exc:  # a body's failure of any kind is audited and ends its task, then re-raised
         reason = exc.detail if isinstance(exc, AppError) else f"{type(exc).__name__} in {job.name}"
         log.exception("maintenance.failed", job=job.name, **trigger)
         record(deps, audit_entry("EXECUTE", "maintenance", actor="system", resource_id=job.name, status=500,

@@ -193,7 +193,7 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, work
         raise
     except ServiceUnavailable:
         raise  # a store outage, not the agent's fault: the worker re-queues the job
-    except Exception:
+    except Exception:  # agents are user code: any crash ends the task FAILURE, never the worker
         log.exception("job.crashed", **fields)
         await _fail(deps, job, run, "The agent crashed (internal error).", fields, started)
     if job.session_id and not result.incomplete:

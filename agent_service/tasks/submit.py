@@ -77,7 +77,7 @@ async def enqueue(
         return msgspec.convert(stored.body, TaskAccepted), True
     try:
         accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id)
-    except BaseException:
+    except BaseException:  # nothing queued (error or cancel): free the key for the client's retry
         with contextlib.suppress(AppError):
             await store.abandon(owner_id, idempotency_key)
         raise
