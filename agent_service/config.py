@@ -25,7 +25,8 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- process -------------------------------------------------------------------------
-    app_env: Literal["development", "test", "production"] = "development"
+    # production unless told otherwise: only `dev` and the test suite set development/test
+    app_env: Literal["development", "test", "production"] = "production"
     host: str = "127.0.0.1"
     port: Port = 8000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -49,10 +50,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: PositiveInt = 1_048_576
     sync_invoke_timeout: PositiveFloat = 120.0
     public_base_url: str | None = None  # for absolute status URLs behind a proxy
+    http_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16_384  # request line + headers; beyond: 431
+    http_header_timeout: PositiveFloat = 10.0  # a request's headers must arrive within this (slowloris)
+    http_max_connections: PositiveInt = 2000  # concurrent connections per web process; beyond: 503
+    http_keepalive_timeout: PositiveFloat = 5.0
+
+    # --- live streams (SSE and WebSocket followers) -------------------------------------------
+    stream_max_per_user: PositiveInt = 20  # open followers per user across every web process; beyond: 429
+    stream_max_per_process: PositiveInt = 2000  # open followers per web process; beyond: 429
+    stream_max_seconds: PositiveFloat = 600.0  # a follower ends cleanly (resumable) after this long
+    stream_time_limit: PositiveFloat = 600.0  # /agents/{id}/stream ends with an error event after this long
 
     # --- agents --------------------------------------------------------------------------
     default_agent: str = "echo"
-    echo_max_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
+    echo_max_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0  # per chunk; at most 5 outside development
+    echo_max_chars: PositiveInt = 100_000  # at most 20 000 outside development
     agents: str = ""  # extra agents, comma-separated `module:attr` paths
     llm_base_url: str | None = None
     llm_api_key: str | None = None
@@ -65,6 +77,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_jobs: PositiveInt = 50
     worker_poll_delay: PositiveFloat = 0.05
     worker_health_interval: PositiveFloat = 5.0
+    # running jobs per user at once, by tier (fairness: one user's burst cannot take every slot)
+    jobs_running_free: PositiveInt = 5
+    jobs_running_pro: PositiveInt = 20
+    jobs_running_enterprise: PositiveInt = 50
     job_max_retries: NonNegInt = 3
     job_max_worker_losses: PositiveInt = 3  # a job whose worker dies this often fails as worker_lost
     job_lease_seconds: Annotated[float, msgspec.Meta(ge=3)] = 30.0  # a dead worker's job runs again within this
@@ -88,6 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_external_issuer: str | None = None
     jwt_external_audience: str | None = None
     default_tier: Literal["free", "pro", "enterprise"] = "free"
+    max_api_keys_per_user: PositiveInt = 20  # live (unrevoked) keys a user may hold
+    login_failures_before_delay: PositiveInt = 5  # per account, any IP: then each try waits longer
+    login_failure_delay_max: PositiveFloat = 60.0  # the longest an account's login is held back, s
     trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
     dev_admin_email: str = "admin@localhost"
     # the first admin of a fresh deployment (created once, by `migrate` and at web start; never logged)
@@ -103,6 +122,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_stream_pro: PositiveInt = 500
     rate_limit_stream_enterprise: PositiveInt = 5000
     rate_limit_login_per_ip: PositiveInt = 20
+    rate_limit_unauthenticated_per_ip: PositiveInt = 60  # requests with missing or bad credentials
     job_rate_limit_all: PositiveInt = 1000
     job_rate_limit_invoke: PositiveInt = 100
     job_rate_limit_stream: PositiveInt = 50
