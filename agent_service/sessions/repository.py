@@ -1,8 +1,14 @@
 """The `sessions` table: conversation history per (owner, client-chosen id). SQL in, Structs out.
 
-Every read-modify-write runs inside `db.transaction()` (BEGIN IMMEDIATE), so two exchanges
-recorded at once in one session, from any process, both land: no lost update. A session whose
-`expires_at` has passed counts as gone: the next write starts it afresh under the same id.
+The key is (owner_id, id): the same id string of two users names two sessions, and every
+statement here names the owner, so nobody reaches another's row.
+
+Every read-modify-write runs inside `db.transaction()` and first makes sure the row exists
+(INSERT … ON CONFLICT DO NOTHING), then claims it (BEGIN IMMEDIATE on SQLite, FOR UPDATE on
+PostgreSQL). Claiming a row that does not exist yet locks nothing on PostgreSQL, so without the
+insert two first uses at once would both start from an empty history and the later write would
+erase the earlier exchange; with it the second waits for the first and builds on it. A session
+whose `expires_at` has passed counts as gone: the next write starts it afresh under the same id.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ _UPSERT = (
     " ON CONFLICT (owner_id, id) DO UPDATE SET agent_id = excluded.agent_id, title = excluded.title,"
     " messages = excluded.messages, message_count = excluded.message_count, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, last_activity = excluded.last_activity, expires_at = excluded.expires_at"
+)
+# the row a first use claims; a row already there (live or expired) is left as it is
+_INSERT_IF_MISSING = (
+    "INSERT INTO sessions (owner_id, id, agent_id, title, messages, message_count, created_at, updated_at,"
+    " last_activity, expires_at) VALUES (?, ?, ?, '', '[]', 0, ?, ?, ?, ?) ON CONFLICT (owner_id, id) DO NOTHING"
 )
 KEYSET = Keyset(time="last_activity", id="id")
 # one short write transaction per batch: the web process never waits long behind the cleanup
@@ -52,11 +63,21 @@ def _fresh(session_id: str, agent_id: str, now: datetime, expires_at: datetime) 
     )
 
 
-async def _read(db: Database, tx: Tx, owner_id: str, session_id: str) -> SessionDetail | None:
-    """The row, claimed for this transaction (two exchanges on one session serialize here)."""
+async def _claim(
+    db: Database, tx: Tx, owner_id: str, session_id: str, agent_id: str, now: datetime, expires_at: datetime
+) -> tuple[SessionDetail, bool]:
+    """The row, created if missing and claimed for this transaction (two exchanges on one session
+    serialize here, its first use included). An expired row comes back as a fresh session and
+    True: the caller's write must replace it whole."""
+    await tx.execute(_INSERT_IF_MISSING, (owner_id, session_id, agent_id, iso(now), iso(now), iso(now),
+                                          iso(expires_at)))
     row = await tx.fetchone(f"SELECT * FROM sessions WHERE owner_id = ? AND id = ?{db.for_update}",
                             (owner_id, session_id))
-    return _detail(row) if row else None
+    # no row: a DELETE got in between the two statements; the write below recreates it
+    current = _detail(row) if row else None
+    if current is None or current.expires_at <= now:
+        return _fresh(session_id, agent_id, now, expires_at), True
+    return current, False
 
 
 async def _write(tx: Tx, owner_id: str, s: SessionDetail) -> None:
@@ -78,9 +99,8 @@ async def open_session(
 ) -> SessionDetail:
     """Create the session, restart it if it has expired, or just mark it active; returns it."""
     async with db.transaction() as tx:
-        current = await _read(db, tx, owner_id, session_id)
-        if current is None or current.expires_at <= now:
-            current = _fresh(session_id, agent_id, now, expires_at)
+        current, restarted = await _claim(db, tx, owner_id, session_id, agent_id, now, expires_at)
+        if restarted:
             await _write(tx, owner_id, current)
             return current
         current.agent_id, current.last_activity, current.expires_at = agent_id, now, expires_at
@@ -107,9 +127,7 @@ async def append(
     """Add `messages`, keeping the newest `max_messages`. A missing or expired session is started
     afresh with them; `title` is used only while the session has none."""
     async with db.transaction() as tx:
-        current = await _read(db, tx, owner_id, session_id)
-        if current is None or current.expires_at <= now:
-            current = _fresh(session_id, agent_id, now, expires_at)
+        current, _ = await _claim(db, tx, owner_id, session_id, agent_id, now, expires_at)
         kept = [*current.messages, *messages][-max_messages:] if max_messages > 0 else []
         current.messages, current.message_count = kept, len(kept)
         current.title = current.title or title
@@ -164,11 +182,3 @@ async def delete_expired(db: Database, now: datetime, *, batch_size: int = DELET
         if len(keys) < batch_size:
             return total
 
-
-async def held_by_another(db: Database, owner_id: str, session_id: str, *, now: datetime) -> bool:
-    """A live session with this id belongs to someone else (session ids are the client's choice)."""
-    row = await db.fetchone(
-        "SELECT 1 FROM sessions WHERE id = ? AND owner_id != ? AND expires_at > ? LIMIT 1",
-        (session_id, owner_id, iso(now)),
-    )
-    return row is not None

@@ -1,7 +1,8 @@
 """Conversation sessions: the history an invocation passes to its agent, and the sessions API.
 
-A session belongs to the user who first used its id; the same id from another user is a
-different session, and reading or deleting someone else's answers 404 (no existence oracle).
+A session is keyed by (owner, id): the id is the client's choice, so the same id from two users
+names two independent sessions. Every read and write names the owner, so someone else's
+session is never reachable: for you it simply does not exist (404, no existence oracle).
 A session expires SESSION_EXPIRY_HOURS after its last activity; an expired one counts as gone,
 and using its id again starts a fresh conversation.
 """
@@ -57,9 +58,9 @@ class SessionService:
         return now + timedelta(hours=self.settings.session_expiry_hours)
 
     async def check_usable(self, owner_id: str, session_id: str) -> None:
-        """Another user's live session id is a 404 (the issue's rule), before anything is run or queued."""
-        if await session_store.held_by_another(self.db, owner_id, session_id, now=self.clock()):
-            raise _not_found(session_id)
+        """Kept for the invocation paths that call it before running or queueing anything: every id
+        is usable, as the caller's own session (ids are per owner, so another user's use of the
+        same string neither blocks nor reveals anything)."""
 
     async def history_for(self, owner_id: str | None, session_id: str, agent_id: str) -> list[ChatMessage]:
         """The prior messages to give the agent (oldest first, at most SESSION_MAX_MESSAGES).
