@@ -58,8 +58,8 @@ def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     status = error.status if error else 401
     headers = {"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else dict(error.headers if error else {})
     log.info("auth.failed", code=code, path=conn.url.path)
-    return problem(conn.scope, status, code, "Unauthorized" if status == 401 else "Service Unavailable", detail,
-                   headers=headers)
+    title = error.title if error else "Unauthorized"
+    return problem(conn.scope, status, code, title, detail, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.http_metrics = HttpMetrics()
     app.state.local_limiter = LocalLimiter()
     app.state.limit_check = api_limits.check
+    app.state.on_auth_failure = api_limits.unauthenticated
 
     async def bearer(token: str) -> Principal:
         return await identity_service.principal_from_bearer(app.state.deps, token)
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.user_middleware = [
         Middleware(RequestContextMiddleware, on_finish=[audit.record_request]),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,
-                   backend=ApiAuthBackend(bearer, api_key, public_paths=public_paths(app.routes))),
+                   backend=ApiAuthBackend(bearer, api_key, public_paths=public_paths(app.routes),
+                                          on_failure=api_limits.unauthenticated)),
     ]
     return app

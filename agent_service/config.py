@@ -6,6 +6,7 @@ environment variable of the same name; a bad value fails at start naming the var
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,9 +168,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("DATABASE_URL is not set (required when APP_ENV=production: every machine must "
                               "share one PostgreSQL)")
 
+    def check_bind(self) -> None:
+        """Development defaults (a generated secret, uncapped demo agent) are for this machine only."""
+        if self.app_env == "development" and not _loopback(self.host):
+            raise ConfigError(f"development mode listens on loopback only (HOST={self.host}); use HOST=127.0.0.1, "
+                              "or APP_ENV=production with its required settings to serve other machines")
+
     @property
     def is_dev(self) -> bool:
         return self.app_env != "production"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -515,14 +515,20 @@ async def test_unknown_or_malformed_api_keys_are_401(client: Client, alice: Pers
         refused(await client.get(ME, headers={"X-API-Key": key}), 401, "invalid_api_key", key)
 
 
-async def test_invalid_bearer_with_a_valid_api_key_is_still_401(client: Client, alice: Person) -> None:
+async def test_a_bearer_and_an_api_key_together_are_refused_naming_the_conflict(client: Client, alice: Person) -> None:
     now = int(time.time())
     expired = forge(alice.user_id, iat=now - 99, nbf=now - 99, exp=now - 9)
-    for header, code in (("Bearer garbage", "invalid_token"), ("Basic x", "invalid_authorization"),
-                         (f"Bearer {expired}", "token_expired"), ("Bearer", "invalid_authorization")):
-        resp = await client.get(ME, headers={"Authorization": header, "X-API-Key": alice.key})
-        refused(resp, 401, code, header)
+    good = (await login(client, alice.email, PASSWORD))["access_token"]
+    # neither one silently wins: not a bad header over a good key, nor a good token over a bad key
+    for header, key in (("Bearer garbage", alice.key), ("Basic x", alice.key), (f"Bearer {expired}", alice.key),
+                        ("Bearer", alice.key), (f"Bearer {good}", "sk_live_wrong"), (f"Bearer {good}", alice.key)):
+        resp = await client.get(ME, headers={"Authorization": header, "X-API-Key": key})
+        body = refused(resp, 400, "conflicting_credentials", header)
+        assert "X-API-Key" in str(body["detail"]) and "Authorization" in str(body["detail"])
     assert (await me(client, alice.api_key))["user_id"] == alice.user_id  # the key alone is fine
+    assert (await me(client, {"Authorization": f"Bearer {good}"}))["user_id"] == alice.user_id
+    # and on a public route both are ignored
+    assert (await client.get("/health/live", headers={"Authorization": "Bearer x", "X-API-Key": "y"})).status_code == 200
 
 
 async def test_missing_credentials_are_401_with_www_authenticate(settings: Settings) -> None:
@@ -617,13 +623,17 @@ async def test_a_manage_only_key_cannot_widen_itself_by_rotating_a_broader_key(c
     assert (await client.post(f"{KEYS}/{broad['id']}/rotate", headers=alice.jwt)).status_code == 201
 
 
-async def test_tiers_a_free_user_cannot_mint_pro_but_an_admin_can(client: Client, alice: Person,
-                                                                  admin: Person) -> None:
+async def test_tiers_nobody_mints_above_their_own_tier_admins_included(client: Client, alice: Person,
+                                                                      admin: Person) -> None:
     for tier in ("pro", "enterprise"):
         resp = await client.post(KEYS, json={"name": "x", "scopes": ["tasks:read"], "tier": tier}, headers=alice.jwt)
         assert_problem(resp, 403, "tier_not_grantable")
     assert (await mint(client, alice.jwt, ["tasks:read"], tier="free"))["tier"] == "free"
-    created = await mint(client, admin.jwt, ["tasks:read", "audit:read", "admin"], tier="pro")
+    # a free admin is free too: a key's effective tier can never exceed its user's
+    resp = await client.post(KEYS, json={"name": "x", "scopes": ["tasks:read"], "tier": "pro"}, headers=admin.jwt)
+    assert_problem(resp, 403, "tier_not_grantable")
+    pro = await person(client, "pro-admin", admin=True, tier="pro")
+    created = await mint(client, pro.jwt, ["tasks:read", "audit:read", "admin"], tier="pro")
     assert created["tier"] == "pro" and "admin" in created["scopes"]
     who = await me(client, key_header(created["key"]))
     assert who["tier"] == "pro" and who["api_key_id"] == created["id"]

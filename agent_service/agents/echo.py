@@ -1,7 +1,7 @@
 """`echo`: deterministic, streams word by word; metadata can slow it down or make it fail.
 
 metadata:
-  delay       seconds to wait before each chunk (0..60)
+  delay       seconds to wait before each chunk (0..ECHO_MAX_DELAY; at most 5 outside development)
   fail        "transient" | "permanent"
   fail_times  attempts that fail before it succeeds (default: every attempt)
 """
@@ -21,8 +21,12 @@ from agent_service.agents.schemas import (
     StreamMeta,
     TransientAgentError,
 )
+from agent_service.config import Settings
 
 MAX_DELAY = 60.0
+MAX_CHARS = 100_000
+PRODUCTION_MAX_DELAY = 5.0
+PRODUCTION_MAX_CHARS = 20_000
 
 
 def _number(meta: dict[str, Any], key: str, *, lo: float, hi: float) -> float | None:
@@ -39,11 +43,22 @@ class EchoAgent:
     description = "Echoes the message back, word by word when streaming. For tests and demos."
     available = True
 
-    def __init__(self, max_delay: float = MAX_DELAY) -> None:
+    def __init__(self, max_delay: float = MAX_DELAY, max_chars: int = MAX_CHARS) -> None:
         self.max_delay = max_delay
+        self.max_chars = max_chars
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> EchoAgent:
+        """Outside development echo is a demo, not a way to hold a worker slot or a stream for long."""
+        if settings.is_dev:
+            return cls(settings.echo_max_delay, settings.echo_max_chars)
+        return cls(min(settings.echo_max_delay, PRODUCTION_MAX_DELAY),
+                   min(settings.echo_max_chars, PRODUCTION_MAX_CHARS))
 
     def validate(self, data: AgentInput) -> tuple[float, str | None, float | None]:
         """Check the metadata (also before a job is queued): (delay, fail, fail_times)."""
+        if len(data.message) > self.max_chars:
+            raise InvalidAgentInput(f"echo accepts messages of at most {self.max_chars} characters", path="$.message")
         meta = data.metadata
         delay = _number(meta, "delay", lo=0, hi=self.max_delay) or 0.0
         fail = meta.get("fail")

@@ -39,13 +39,16 @@ async def list_agents(request: Request) -> Response:
     docs=Docs(
         summary="Invoke an agent", tag="Agents", request=InvokeRequest, response=InvokeResponse,
         errors=(*INVOKE_ERRORS, 504),
-        description="Run the agent (the default one when no id is given) and wait for its answer.",
+        description="Run the agent (the default one when no id is given) and wait for its answer. A "
+        "`session_id` (the caller's own conversation; the same id of two users is two sessions) also needs "
+        "the `sessions` scope.",
     ),
 )
 async def invoke(request: Request) -> Response:
     deps = context.deps(request)
     context.audit(request, "EXECUTE", "agent", agent_id(request) or deps.settings.default_agent, mode="sync")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
+    context.require_session_scope(request, body.session_id)
     return json_response(await invocations.invoke(deps, agent_id(request), body, owner_id=context.owner_id(request)))
 
 
@@ -60,13 +63,16 @@ async def _items(events: AsyncIterator[StreamEvent]) -> AsyncIterator[sse.Item]:
         summary="Stream an agent's answer", tag="Agents", request=InvokeRequest, errors=INVOKE_ERRORS,
         events=(StreamChunk, StreamDone, sse.StreamError),
         description="Server-Sent Events: `chunk` events with `{index, content}`, then `done` with the "
-        "metadata, or `error`. Disconnecting stops the agent.",
+        "metadata, or `error`. Disconnecting stops the agent. A stream lasts at most STREAM_TIME_LIMIT "
+        "seconds: then it ends with an `error` event of code `stream_time_limit`. A `session_id` needs the "
+        "`sessions` scope.",
     ),
 )
 async def stream(request: Request) -> Response:
     deps = context.deps(request)
     context.audit(request, "EXECUTE", "agent", agent_id(request) or deps.settings.default_agent, mode="stream")
     body = await read_json(request, InvokeRequest, limit=deps.settings.max_body_bytes)
+    context.require_session_scope(request, body.session_id)
     events = await invocations.open_stream(deps, agent_id(request), body, owner_id=context.owner_id(request))
     return sse.response(_items(events))
 

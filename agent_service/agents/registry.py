@@ -37,7 +37,7 @@ class AgentRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.AsyncClient) -> AgentRegistry:
-        agents: list[Agent] = [EchoAgent(settings.echo_max_delay), SimpleLLMAgent(settings, client)]
+        agents: list[Agent] = [EchoAgent.for_settings(settings), SimpleLLMAgent(settings, client)]
         agents += [_load(p.strip()) for p in settings.agents.split(",") if p.strip()]
         registry = cls(agents)
         if settings.default_agent not in registry._agents:

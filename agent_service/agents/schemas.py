@@ -54,7 +54,11 @@ class PermanentAgentError(AgentError):
 
 
 class InvalidAgentInput(PermanentAgentError):
-    """The input (usually its metadata) is not acceptable to this agent."""
+    """The input (usually its metadata) is not acceptable to this agent; `path` names the field."""
+
+    def __init__(self, message: str, *, path: str = "$.metadata") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class AgentUnavailable(AgentError):

@@ -97,16 +97,23 @@ async def open_stream(
     agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
     agent = resolve_agent(deps, agent_id)
     source = agent.stream(await _input(deps, agent, req, owner_id))
+    # one deadline for the whole stream: a slow-dripping agent cannot hold a connection forever
+    deadline = asyncio.get_running_loop().time() + deps.settings.stream_time_limit
     try:
-        first = await anext(source, None)
-    except AgentError as exc:
+        async with asyncio.timeout_at(deadline):
+            first = await anext(source, None)
+    except (AgentError, TimeoutError) as exc:
         await source.aclose()  # type: ignore[attr-defined]
+        if isinstance(exc, TimeoutError):
+            raise GatewayTimeout("The agent did not start answering within STREAM_TIME_LIMIT.") from None
         raise to_app_error(exc) from None
-    return _events(agent.name, source, first, remember=lambda text: _remember(deps, agent, req, owner_id, text))
+    return _events(agent.name, source, first, deadline=deadline,
+                   remember=lambda text: _remember(deps, agent, req, owner_id, text))
 
 
 async def _events(
-    agent_name: str, source: AsyncIterator[Any], first: Any, *, remember: Callable[[str], Awaitable[None]]
+    agent_name: str, source: AsyncIterator[Any], first: Any, *, deadline: float,
+    remember: Callable[[str], Awaitable[None]],
 ) -> AsyncIterator[StreamEvent]:
     index = 0
     parts: list[str] = []
@@ -121,7 +128,12 @@ async def _events(
                     yield StreamChunk(index=index, content=item)
                     parts.append(item)
                     index += 1
-                item = await anext(source, None)
+                async with asyncio.timeout_at(deadline):
+                    item = await anext(source, None)
+        except TimeoutError:
+            yield StreamError(code="stream_time_limit", status=504,
+                              detail="The stream reached its time limit (STREAM_TIME_LIMIT) and was stopped.")
+            return
         except AgentError as exc:
             err = to_app_error(exc)
             yield StreamError(code=err.code, detail=err.detail, status=err.status)
@@ -136,7 +148,7 @@ async def _events(
 
 def to_app_error(exc: AgentError) -> AppError:
     if isinstance(exc, InvalidAgentInput):
-        return ValidationFailed(str(exc), errors=[{"path": "$.metadata", "message": str(exc)}])
+        return ValidationFailed(str(exc), errors=[{"path": exc.path, "message": str(exc)}])
     if isinstance(exc, AgentUnavailable):
         return ServiceUnavailable(str(exc), code="agent_unavailable")
     if isinstance(exc, TransientAgentError):

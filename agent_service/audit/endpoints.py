@@ -86,4 +86,7 @@ def record_request(scope: Scope, status: int) -> None:
         path=scope.get("path"), status=status, client_ip=client_ip(scope, getattr(app.state, "trusted_proxies", [])),
         user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:300] or None, metadata=metadata or {},
     )
-    audit.record(deps, entry)
+    if action == "FAILED_AUTH":
+        audit.record_failed_auth(deps, entry)  # a flood of failures is a few rows, not one each
+    else:
+        audit.record(deps, entry)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from agent_service.audit import repository as audit_store
+from agent_service.audit.failures import FailureAggregator
 from agent_service.audit.repository import AuditRow
 from agent_service.audit.schemas import AuditAction, AuditEntry, AuditPage, AuditQuery, AuditRecord, AuditStats
 from agent_service.clock import Clock, utcnow
@@ -66,6 +67,7 @@ class AuditWriter:
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._failures = FailureAggregator()
         self._closed = False
         self.dropped = 0  # entries lost to the buffer bound since start (also logged)
         self.written = 0
@@ -99,6 +101,11 @@ class AuditWriter:
         except Exception:
             log.exception("audit_record_failed")
 
+    def record_failure(self, entry: AuditEntry) -> None:
+        """A failed sign-in: aggregated per client address (audit/failures.py)."""
+        for e in self._failures.admit(entry, self._clock()):
+            self.record(e)
+
     def _trim(self) -> None:
         over = len(self._buffer) - self._max_buffer
         if over > 0:
@@ -124,6 +131,9 @@ class AuditWriter:
 
     async def flush(self) -> bool:
         """Write everything buffered, batch by batch. False if a batch failed (it stays buffered)."""
+        if not self._closed:
+            for summary in self._failures.due(self._clock()):
+                self.record(summary)
         async with self._flush_lock:
             while self._buffer:
                 # take the batch out first: record() may trim the buffer while we await the insert
@@ -150,6 +160,8 @@ class AuditWriter:
             except Exception:  # shutdown goes on whatever the writer task died of; the flush below retries
                 log.exception("audit_writer_task_failed")
             self._task = None
+        for summary in self._failures.due(self._clock(), everything=True):
+            self.record(summary)
         self._closed = True
         if not await self.flush():
             log.error("audit_entries_lost_at_close", lost=len(self._buffer))
@@ -166,6 +178,10 @@ async def start_writer(deps: Deps) -> None:
 def record(deps: Deps, entry: AuditEntry) -> None:
     """Append to the audit log without waiting or failing."""
     writer(deps).record(entry)
+
+
+def record_failed_auth(deps: Deps, entry: AuditEntry) -> None:
+    writer(deps).record_failure(entry)
 
 
 async def list_logs(db: Database, query: AuditQuery) -> AuditPage:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from agent_service.cli.bootstrap import ensure_dev_admin
-from agent_service.cli.embedded import EmbeddedRedis
+from agent_service.cli.embedded import EmbeddedRedis, dev_password
 from agent_service.config import Settings
 
 STOP_TIMEOUT = 15.0
@@ -65,14 +65,19 @@ async def _supervise(settings: Settings, env: dict[str, str]) -> int:
 
 
 def run_dev(settings: Settings) -> int:
-    env = dict(os.environ)
+    env = dict(os.environ, APP_ENV="development")  # the one place development is the default
     server: EmbeddedRedis | None = None
     if not settings.redis_url:
-        server = EmbeddedRedis(Path(settings.var_dir) / "redis")
+        var = Path(settings.var_dir)
+        server = EmbeddedRedis(var / "redis", password=dev_password(var))
         server.start()
         env["REDIS_URL"] = server.url
-        print(f"redis  | embedded server on {server.url} (AOF under {server.data_dir})", flush=True)
-        (Path(settings.var_dir) / "redis.url").write_text(server.url + "\n")
+        print(f"redis  | embedded server on 127.0.0.1:{server.port}, password in {var / 'redis.password'} "
+              f"(AOF under {server.data_dir})", flush=True)
+        url_file = var / "redis.url"  # how scripts beside `dev` find it; it holds the password: 0600
+        url_file.unlink(missing_ok=True)
+        with os.fdopen(os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+            fh.write(server.url + "\n")
     try:
         created = asyncio.run(ensure_dev_admin(settings))
         if created:

@@ -23,6 +23,7 @@ from agent_service.identity.schemas import (
     UserPage,
     UserUpdate,
 )
+from agent_service.identity.service import lower_tier
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 
@@ -101,28 +102,37 @@ def key_out(key: ApiKeyRecord) -> ApiKeyOut:
 
 
 def _check_grant(principal: Principal, scopes: list[str], tier: str) -> None:
-    """A key never holds more than its creator: no scope they lack, no tier above theirs."""
+    """A key never holds more than its creator: no scope they lack, no tier above theirs (their
+    current one: a key's effective tier is already the lower of its own and its user's)."""
+    if principal.user_id.startswith("oidc:"):
+        raise Forbidden("API keys belong to accounts of this service; an external (OIDC) sign-in cannot mint "
+                        "them. Use the external token itself, or an account created here.", code="external_principal")
     if not principal.is_admin:
         elevated = sorted(set(scopes) & ADMIN_ONLY_SCOPES)
         if elevated:
             raise Forbidden(f"Only admins may grant {', '.join(elevated)}.", code="scope_not_grantable")
-        if TIERS.index(tier) > TIERS.index(principal.tier):
-            raise Forbidden(f"Your tier ({principal.tier}) cannot mint a {tier} key.", code="tier_not_grantable")
+    if TIERS.index(tier) > TIERS.index(principal.tier):
+        raise Forbidden(f"Your tier ({principal.tier}) cannot mint a {tier} key.", code="tier_not_grantable")
     missing = sorted(s for s in set(scopes) if not principal.has_scope(s))
     if missing:
         raise Forbidden(f"You cannot grant scopes you do not hold: {', '.join(missing)}.", code="scope_not_grantable")
 
 
 async def _mint(deps: Deps, *, user_id: str, name: str, scopes: tuple[str, ...], tier: str,
-                expires_in_days: int | None) -> ApiKeyCreated:
+                expires_in_days: int | None, capped: bool = True) -> ApiKeyCreated:
     raw = key_material.generate()
     key_id = uuid.uuid4().hex
     now = deps.clock()
-    await repo.create_key(
+    cap = deps.settings.max_api_keys_per_user
+    created = await repo.create_key(
         deps.db, key_id=key_id, user_id=user_id, name=name, key_hash=key_material.hash_key(raw),
         prefix=key_material.display_prefix(raw), scopes=scopes, tier=tier,
         expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None, now=now,
+        max_live=cap if capped else None,
     )
+    if not created:  # quotas are per user, but a key cap keeps the key table and its audit readable
+        raise Conflict(f"You already hold {cap} live API keys (MAX_API_KEYS_PER_USER); revoke one first.",
+                       code="api_key_limit")
     record = await repo.get_key(deps.db, key_id)
     assert record is not None
     return ApiKeyCreated(**{f: getattr(key_out(record), f) for f in ApiKeyOut.__struct_fields__}, key=raw)
@@ -137,7 +147,8 @@ async def create_key(deps: Deps, principal: Principal, body: ApiKeyCreate) -> Ap
 
 async def bootstrap_key(deps: Deps, user_id: str, *, name: str, scopes: tuple[str, ...], tier: str) -> str:
     """For the CLI and `dev`: mint without a calling principal. Returns the raw key."""
-    return (await _mint(deps, user_id=user_id, name=name, scopes=scopes, tier=tier, expires_in_days=None)).key
+    return (await _mint(deps, user_id=user_id, name=name, scopes=scopes, tier=tier, expires_in_days=None,
+                        capped=False)).key
 
 
 async def get_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
@@ -163,11 +174,17 @@ async def rotate_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyCre
     old = await get_key(deps, principal, key_id)
     if old.revoked_at is not None:
         raise NotFound(f"No API key with id {key_id!r}.", code="api_key_not_found")
+    if old.user_id != principal.user_id:
+        # the caller would receive the new raw key: a secret of another user's
+        raise Forbidden("Admins may revoke another user's key but not rotate it: the new key would be shown to "
+                        "you. Revoke it and let its owner mint a new one.", code="cannot_rotate_others_key")
     # the caller receives the new raw key: the same minting rules as create (no scope they lack)
-    _check_grant(principal, list(old.scopes), old.tier)
+    tier = lower_tier(old.tier, principal.tier)  # a downgraded user's rotated key comes down too
+    _check_grant(principal, list(old.scopes), tier)
     await repo.revoke_key(deps.db, old.id, now=deps.clock())
     days = None
     if old.expires_at is not None:
         days = max(1, (old.expires_at - deps.clock()).days)
-    return await _mint(deps, user_id=old.user_id, name=old.name, scopes=old.scopes, tier=old.tier,
-                       expires_in_days=days)
+    # the old key is revoked, so the count is back below the cap: a rotation is never refused by it
+    return await _mint(deps, user_id=old.user_id, name=old.name, scopes=old.scopes, tier=tier,
+                       expires_in_days=days, capped=False)

@@ -1,7 +1,7 @@
-"""The Starlette AuthenticationBackend: Bearer first, then X-API-Key.
+"""The Starlette AuthenticationBackend: a bearer token or an X-API-Key, never both (400).
 
-A credential that is present but invalid is a 401 with no fallback to the other kind; no
-credential at all leaves the request anonymous, and the route decides (see api/routing.py).
+A credential that is present but invalid is a 401 (a 429 once the client IP has failed too
+often); no credential at all leaves the request anonymous, and the route decides (kit/endpoint.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
-from agent_service.errors import AppError, Unauthorized
+from agent_service.errors import AppError, BadRequest, Unauthorized
 from agent_service.identity.schemas import Principal
 
 Resolver = Callable[[str], Awaitable[Principal]]
@@ -53,9 +54,11 @@ class CredentialError(AuthenticationError):
 
 
 class ApiAuthBackend(AuthenticationBackend):
-    def __init__(self, bearer: Resolver, api_key: Resolver, *, public_paths: Sequence[re.Pattern[str]] = ()) -> None:
+    def __init__(self, bearer: Resolver, api_key: Resolver, *, public_paths: Sequence[re.Pattern[str]] = (),
+                 on_failure: Callable[[Scope], Awaitable[None]] | None = None) -> None:
         self._bearer = bearer
         self._api_key = api_key
+        self._on_failure = on_failure  # charges the client IP; raises 429 past its limit
         # public routes ignore credentials: a stale or odd header never turns them into a 401
         # (the token endpoint reads credentials from its body, /metrics checks its own token)
         self._public = tuple(public_paths)
@@ -68,6 +71,10 @@ class ApiAuthBackend(AuthenticationBackend):
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")
         try:
+            if header is not None and raw_key is not None:
+                # picking one silently would let a stale header decide who the caller is
+                raise BadRequest("Send either `Authorization` or `X-API-Key`, not both.",
+                                 code="conflicting_credentials")
             if header is not None:
                 principal = await self._bearer(_bearer_token(header))
             elif raw_key is not None:
@@ -77,6 +84,11 @@ class ApiAuthBackend(AuthenticationBackend):
             else:
                 return None
         except AppError as exc:
+            if exc.status in (400, 401) and self._on_failure is not None:
+                try:
+                    await self._on_failure(conn.scope)
+                except AppError as limited:
+                    raise CredentialError(limited) from None
             raise CredentialError(exc) from None
         return AuthCredentials(list(principal.scopes)), AuthUser(principal)
 

@@ -68,7 +68,9 @@ async def _credentials(request: Request) -> TokenRequest:
         summary="Sign in", tag="Authentication", request=TokenRequest, response=TokenResponse,
         errors=(400, 401, 415, 422), form=PasswordForm,
         description="Exchange email and password (JSON, or an OAuth2 password-grant form with `username`) "
-        "for a short-lived access token and a single-use refresh token.",
+        "for a short-lived access token and a single-use refresh token. Besides the per-IP limit, an account "
+        "with LOGIN_FAILURES_BEFORE_DELAY failed sign-ins (from any address) is held back 1, 2, 4 … s after "
+        "each further failure, up to LOGIN_FAILURE_DELAY_MAX (429 `login_throttled` with Retry-After).",
     ),
 )
 async def token(request: Request) -> Response:
@@ -184,9 +186,11 @@ async def update_user(request: Request) -> Response:
     auth=Scoped(KEYS),
     docs=Docs(
         summary="Create an API key", tag="API Keys", request=ApiKeyCreate, response=ApiKeyCreated, status=201,
-        errors=(400, 401, 403, 413, 415, 422),
+        errors=(400, 401, 403, 409, 413, 415, 422),
         description="The raw key (`sk_live_…`) is in this response only; the server keeps a hash. A key "
-        "cannot hold a scope its creator lacks; only admins grant `admin` or `audit:read`.",
+        "cannot hold a scope its creator lacks nor a tier above the creator's current one; only admins grant "
+        "`admin` or `audit:read`. Rate limits are charged to the user, whichever key is used, and a user holds "
+        "at most MAX_API_KEYS_PER_USER live keys (409 `api_key_limit`).",
     ),
 )
 async def create_key(request: Request) -> Response:
@@ -242,7 +246,9 @@ async def revoke_key(request: Request) -> Response:
     auth=Scoped(KEYS),
     docs=Docs(
         summary="Rotate an API key", tag="API Keys", response=ApiKeyCreated, status=201, errors=(401, 403, 404),
-        description="Issue a replacement with the same name, scopes and tier; the old key stops working.",
+        description="Issue a replacement with the same name, scopes and tier (lowered to the owner's current "
+        "tier); the old key stops working. Only the key's owner may rotate it: an admin may revoke someone "
+        "else's key, but never receive its replacement (403 `cannot_rotate_others_key`).",
     ),
 )
 async def rotate_key(request: Request) -> Response:

@@ -109,12 +109,21 @@ def _key(row: Row) -> ApiKeyRecord:
 
 
 async def create_key(db: Database, *, key_id: str, user_id: str, name: str, key_hash: str, prefix: str,
-                 scopes: tuple[str, ...], tier: str, expires_at: datetime | None, now: datetime) -> None:
-    await db.execute(
-        "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, scopes, tier, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (key_id, user_id, name, key_hash, prefix, " ".join(scopes), tier, iso(now), iso(expires_at)),
+                     scopes: tuple[str, ...], tier: str, expires_at: datetime | None, now: datetime,
+                     max_live: int | None = None) -> bool:
+    """False if the user already holds `max_live` live keys: counted in the insert itself, so
+    concurrent mints cannot slip past the cap one by one."""
+    row = (key_id, user_id, name, key_hash, prefix, " ".join(scopes), tier, iso(now), iso(expires_at))
+    columns = "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, scopes, tier, created_at, expires_at)"
+    if max_live is None:
+        await db.execute(columns + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return True
+    inserted = await db.execute(
+        columns + " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM api_keys WHERE user_id = ?"
+        " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)) < ?",
+        (*row, user_id, iso(now), max_live),
     )
+    return inserted == 1
 
 
 async def key_by_hash(db: Database, key_hash: str) -> ApiKeyRecord | None:

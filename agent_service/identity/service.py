@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from agent_service.errors import Unauthorized
 from agent_service.identity import keys as key_material
+from agent_service.identity import login_throttle
 from agent_service.identity import repository as repo
 from agent_service.identity.passwords import verify_password_async
 from agent_service.identity.repository import UserRecord
-from agent_service.identity.schemas import SCOPES, USER_SCOPES, Me, Principal, TokenResponse
+from agent_service.identity.schemas import SCOPES, TIERS, USER_SCOPES, Me, Principal, TokenResponse
 from agent_service.identity.tokens import AuthKit, issue_access_token
 from agent_service.kit.db import DatabaseUnavailable
 from agent_service.kit.deps import Deps
@@ -37,6 +38,10 @@ def user_tier(deps: Deps, user: UserRecord) -> str:
     return user.tier or deps.settings.default_tier
 
 
+def lower_tier(a: str, b: str) -> str:
+    return a if TIERS.index(a) <= TIERS.index(b) else b
+
+
 async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> TokenResponse:
     now = deps.clock()
     access, _ = issue_access_token(deps.settings, deps.part(AuthKit.of).secret, user_id=user.id, roles=user.roles,
@@ -52,10 +57,13 @@ async def _issue(deps: Deps, user: UserRecord, family_id: str | None = None) -> 
 
 
 async def login(deps: Deps, email: str, password: str) -> tuple[TokenResponse, UserRecord]:
+    await login_throttle.check(deps, email)  # unknown emails too: the answer must not tell them apart
     user = await repo.user_by_email(deps.db, email)
     ok = await verify_password_async(password, user.password_hash if user else None)
     if not ok or user is None or not user.is_active:
+        await login_throttle.failed(deps, email)
         raise Unauthorized(BAD_LOGIN, code="invalid_credentials")
+    await login_throttle.succeeded(deps, email)
     return await _issue(deps, user), user
 
 
@@ -107,7 +115,7 @@ def _external_principal(deps: Deps, claims: dict[str, Any]) -> Principal:
     email = email if isinstance(email, str) and email else str(claims["sub"])
     return Principal(user_id=f"oidc:{claims['sub']}", email=email, roles=roles,
                      scopes=scopes, tier=deps.settings.default_tier,
-                     token_jti=claims.get("jti"), token_exp=int(claims["exp"]))
+                     token_jti=str(claims["jti"]), token_exp=int(claims["exp"]))
 
 
 async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
@@ -126,10 +134,12 @@ async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
         # a busy or locked database must not refuse a request that only reads
         with contextlib.suppress(DatabaseUnavailable):
             await repo.touch_key(deps.db, key.id, now=now, every_seconds=TOUCH_EVERY_SECONDS)
-    # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`
+    # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`,
+    # and a user moved to a lower tier takes every old key down with them
     allowed = user_scopes(user)
     return Principal(user_id=user.id, email=user.email, roles=user.roles,
-                     scopes=tuple(s for s in key.scopes if s in allowed), tier=key.tier, api_key_id=key.id)
+                     scopes=tuple(s for s in key.scopes if s in allowed),
+                     tier=lower_tier(key.tier, user_tier(deps, user)), api_key_id=key.id)
 
 
 def me(principal: Principal) -> Me:

@@ -4,6 +4,7 @@ and the Redis blacklist of revoked `jti`s (entries expire with the token)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import uuid
@@ -35,7 +36,8 @@ def resolve_secret(settings: Settings) -> str:
     """The HS256 key. Outside development an unset, short or well-known secret stops the start."""
     secret = settings.jwt_secret
     if secret:
-        if not settings.is_dev and (len(secret) < 32 or secret.lower() in KNOWN_DEFAULT_SECRETS):
+        # in every environment: a weak secret set in a test or staging box leaks into production
+        if len(secret) < 32 or secret.lower() in KNOWN_DEFAULT_SECRETS:
             raise ConfigError("JWT_SECRET is a known default or shorter than 32 characters")
         return secret
     if not settings.is_dev:
@@ -62,6 +64,15 @@ def issue_access_token(settings: Settings, secret: str, *, user_id: str, roles: 
         "scope": " ".join(scopes), "typ": "access",
     }
     return jwt.encode(claims, secret, algorithm="HS256"), exp
+
+
+def revocation_id(token: str, claims: dict[str, Any]) -> str:
+    """What sign-out revokes: the token's `jti`, or for an external token without one (OIDC
+    providers need not send it) a hash of the token itself, so its logout still takes."""
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti and len(jti) <= 128:
+        return jti
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 class TokenVerifier:
@@ -104,8 +115,8 @@ class TokenVerifier:
             raise Unauthorized("The bearer token is invalid.", code="invalid_token") from None
         if alg == "HS256" and claims.get("typ") != "access":
             raise Unauthorized("The bearer token is not an access token.", code="invalid_token")
-        jti = claims.get("jti")
-        if isinstance(jti, str) and await self.is_revoked(jti):
+        claims["jti"] = revocation_id(token, claims)
+        if await self.is_revoked(claims["jti"]):
             raise Unauthorized("The bearer token has been revoked.", code="token_revoked")
         return claims
 

@@ -8,6 +8,7 @@ everything else, and logs which.
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable, TooManyRequests
@@ -18,6 +19,32 @@ from agent_service.kit.ratelimit import Limit, headers
 from agent_service.logging import get_logger
 
 log = get_logger(__name__)
+
+
+def _ip(scope: Scope) -> str:
+    app = scope.get("app")
+    return client_ip(scope, getattr(getattr(app, "state", None), "trusted_proxies", [])) or "unknown"
+
+
+async def unauthenticated(scope: Scope) -> None:
+    """Charge a request with missing or bad credentials to its client IP; raise 429 beyond
+    RATE_LIMIT_UNAUTHENTICATED_PER_IP a minute (guessing keys and tokens is slowed, and a flood of
+    failures stops before each one costs an audit row). Redis away: no limit (the 401 stands)."""
+    app = scope.get("app")
+    deps: Deps | None = getattr(getattr(app, "state", None), "deps", None)
+    if deps is None or deps.limiter is None or not deps.settings.rate_limit_enabled:
+        return
+    limit = Limit(deps.settings.rate_limit_unauthenticated_per_ip)
+    try:
+        decision = await deps.limiter.hit([(f"unauth:ip:{_ip(scope)}", limit)])
+    except ServiceUnavailable:
+        return
+    if not decision.allowed:
+        hdrs = headers(decision)
+        if deps.metrics is not None:
+            await deps.metrics.rate_limited("unauthenticated:ip")
+        raise TooManyRequests(f"Too many requests with missing or invalid credentials from this address; retry in "
+                              f"{hdrs['Retry-After']} s.", code="too_many_auth_failures", headers=hdrs)
 
 
 def _limit_for(settings: Settings, kind: str, tier: str) -> Limit:
@@ -36,10 +63,12 @@ async def check(request: Request, limits: Limits, principal: Caller | None) -> d
     if not settings.rate_limit_enabled or deps.limiter is None:
         return {}
     if kind == "login" or principal is None:
-        who = "ip:" + (client_ip(request.scope, getattr(request.app.state, "trusted_proxies", [])) or "unknown")
+        who = "ip:" + _ip(request.scope)
         tier = "ip"
     else:
-        who = f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
+        # charged to the user, whichever of their keys or tokens is used: minting more keys must not
+        # multiply the quota
+        who = f"user:{principal.user_id}"
         tier = principal.tier
     limit = _limit_for(settings, kind, tier)
     fail_open = request.method in ("GET", "HEAD")

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from agent_service.errors import Unauthorized
+from agent_service.errors import Forbidden, Unauthorized
 from agent_service.kit.deps import Deps
 from agent_service.kit.endpoint import Caller, caller_of
 
@@ -31,6 +31,14 @@ def caller(request: Request) -> Caller:
 
 def owner_id(request: Request) -> str:
     return caller(request).user_id
+
+
+def require_session_scope(request: Request, session_id: str | None) -> None:
+    """A `session_id` reads and extends a conversation's history: that is the `sessions` scope's,
+    not `agents:invoke`'s (a key that may only invoke must not read past conversations)."""
+    if session_id is not None and not caller(request).has_scope("sessions"):
+        raise Forbidden("Using `session_id` needs the `sessions` scope (it reads and extends the session's "
+                        "history).", code="insufficient_scope")
 
 
 def is_admin(request: Request) -> bool:

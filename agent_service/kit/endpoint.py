@@ -133,6 +133,7 @@ def _guarded(endpoint_fn: Endpoint, spec: EndpointSpec) -> Endpoint:
         caller = caller_of(request)
         if isinstance(spec.auth, Scoped):
             if caller is None:
+                await request.app.state.on_auth_failure(request.scope)  # may raise 429 instead
                 raise Unauthorized("Authentication required: send a bearer token or an X-API-Key.",
                                    headers={"WWW-Authenticate": WWW_AUTHENTICATE})
             if scope and not caller.has_scope(scope):
@@ -141,12 +142,17 @@ def _guarded(endpoint_fn: Endpoint, spec: EndpointSpec) -> Endpoint:
         if spec.limits is not None:
             check: LimitCheck = request.app.state.limit_check
             limit_headers = await check(request, spec.limits, caller)
+        if isinstance(spec.auth, Scoped):
+            # an authenticated answer is the caller's: no shared cache may keep it
+            limit_headers["Cache-Control"] = "no-store"
         try:
             response = await endpoint_fn(request)
         except AppError as exc:
             exc.headers = {**limit_headers, **exc.headers}
             raise
-        response.headers.update(limit_headers)
+        for name, value in limit_headers.items():
+            if name not in response.headers:
+                response.headers[name] = value
         return response
 
     return wrapper

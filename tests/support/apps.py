@@ -17,7 +17,18 @@ from agent_service.identity.schemas import SCOPES, USER_SCOPES, UserCreate
 
 
 class Client(httpx.AsyncClient):
+    """A request that brings its own `Authorization` goes without the client's default X-API-Key:
+    the service refuses both at once (400 conflicting_credentials), and a test that passes a token
+    means to be that token's caller. A request may still send both explicitly."""
+
     app: Any
+
+    def build_request(self, method: str, url: Any, **kwargs: Any) -> httpx.Request:
+        request = super().build_request(method, url, **kwargs)
+        own = httpx.Headers(kwargs.get("headers") or {})
+        if "authorization" in own and "x-api-key" not in own and "x-api-key" in request.headers:
+            del request.headers["x-api-key"]
+        return request
 
 
 async def add_user(app: Any, email: str, *, admin: bool = False, scopes: tuple[str, ...] | None = None,
