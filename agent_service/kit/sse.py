@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from agent_service.errors import AppError
 
@@ -59,5 +60,23 @@ async def _body(items: AsyncIterator[Item], retry_ms: int | None) -> AsyncIterat
         yield error_event(exc)
 
 
+class _EventResponse(StreamingResponse):
+    """Closes its items however the response ends (sent, client gone, send failed): a source that
+    holds something (a task follower's stream slot) gives it back even if it never started."""
+
+    def __init__(self, items: AsyncIterator[Item], retry_ms: int | None) -> None:
+        super().__init__(_body(items, retry_ms), media_type="text/event-stream", headers=HEADERS)
+        self._items = items
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for source in (self.body_iterator, self._items):
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+
 def response(items: AsyncIterator[Item], *, retry_ms: int | None = None) -> StreamingResponse:
-    return StreamingResponse(_body(items, retry_ms), media_type="text/event-stream", headers=HEADERS)
+    return _EventResponse(items, retry_ms)

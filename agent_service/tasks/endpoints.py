@@ -120,20 +120,27 @@ async def cancel_task(request: Request) -> Response:
 @endpoint(
     auth=Scoped("tasks:read"),
     docs=Docs(
-        summary="Follow a task live", tag="Background Jobs", errors=(401, 403, 404, 422, 503),
-        events=(StateEvent, ProgressEvent, ChunkEvent, sse.StreamError), headers=("Last-Event-ID",),
+        summary="Follow a task live", tag="Background Jobs", errors=(401, 403, 404, 422, 429, 503),
+        events=(StateEvent, ProgressEvent, ChunkEvent, follow.ReconnectEvent, sse.StreamError),
+        headers=("Last-Event-ID",),
         description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
         "happen, ending when the task ends. Every event has an `id`; reconnect with "
         "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "
-        "the history. Each event carries its `attempt`: chunks of a new attempt start a new answer.",
+        "the history. Each event carries its `attempt`: chunks of a new attempt start a new answer. "
+        "A stream lasts at most STREAM_MAX_SECONDS: it then ends with a `reconnect` event (no `id`) whose "
+        "`last_event_id` is the id of the last event sent; reconnecting with that `Last-Event-ID` (an "
+        "EventSource does it by itself) gets every later event, none twice. The same event ends a stream "
+        "the server lets go (`reason: dropped`). A user may hold STREAM_MAX_PER_USER open streams across "
+        "all servers, and a server STREAM_MAX_PER_PROCESS; beyond either the answer is a 429 "
+        "`too_many_streams` with `Retry-After`.",
     ),
 )
 async def task_events(request: Request) -> Response:
-    items = await follow.open_events(
+    stream = await follow.open_events(
         context.deps(request), request.path_params["task_id"], owner_id=context.owner_id(request),
         is_admin=context.is_admin(request), last_event_id=request.headers.get("last-event-id"),
     )
-    return sse.response(items, retry_ms=1000)
+    return sse.response(stream, retry_ms=1000)
 
 
 routes = [

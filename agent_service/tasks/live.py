@@ -153,6 +153,12 @@ class TaskLive:
         else:
             res = await self._redis.xread({key: after}, count=count, block=block_ms)
             entries = res[0][1] if res else []
+        return self.decode(entries)
+
+    @staticmethod
+    def decode(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, TaskEvent]]:
+        """(id, event) of raw entries of an events stream, in order (the follower hub reads many
+        streams in one XREAD and decodes each entry once for all its followers)."""
         return [(eid.decode(), _event.decode(fields[b"e"])) for eid, fields in entries]
 
     @redis_guard
