@@ -21,14 +21,14 @@ from agent_service.identity import accounts
 from agent_service.identity.schemas import TIERS
 from agent_service.kit.deps import open_deps, open_migrated
 from agent_service.kit.fast_worker import FastWorker
+from agent_service.kit.http_guard import server_options
 from agent_service.logging import configure_logging
 from agent_service.worker import build_worker_settings
 
 
 def _web(settings: Settings) -> int:
     settings.require_stores()
-    uvicorn.run("agent_service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                log_config=None, access_log=False, proxy_headers=True, timeout_graceful_shutdown=10)
+    uvicorn.run("agent_service.app:create_app", **server_options(settings))
     return 0
 
 

@@ -33,8 +33,7 @@ from agent_service.config import load_settings  # noqa: E402
 
 def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "agent_service.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "agent_service", "web", "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, **env}, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30

@@ -38,10 +38,10 @@ class Process:
 
 
 def service_argv(kind: str, env: dict[str, str]) -> list[str]:
-    """The command line of a web process (uvicorn on 127.0.0.1:$PORT) or of a worker."""
+    """The command line of a web process (on 127.0.0.1:$PORT, started as the Procfile starts it, so
+    with the server options of kit/http_guard.py) or of a worker."""
     if kind == "web":
-        return [sys.executable, "-m", "uvicorn", "agent_service.app:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", env["PORT"]]
+        return [sys.executable, "-m", "agent_service", "web", "--host", "127.0.0.1", "--port", env["PORT"]]
     return [sys.executable, "-m", "agent_service", "worker"]
 
 
