@@ -19,6 +19,7 @@ import pytest
 
 from agent_service.audit import repository as audit_store
 from agent_service.audit.archive import archive_old_audit_logs, read_archive
+from agent_service.audit.archive_files import derive_key
 from agent_service.audit.schemas import AuditEntry, AuditRecord
 from agent_service.kit.db import Database
 from tests.support.databases import TestDatabase
@@ -26,6 +27,8 @@ from tests.support.environment import ROOT
 
 NOW = datetime(2026, 6, 1, 2, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=90)  # 2026-03-03T02:00Z
+SECRET = "archive-tests-secret-0123456789abcdef"
+KEY = derive_key(SECRET)
 
 
 class SimulatedCrash(Exception):
@@ -79,7 +82,7 @@ async def test_old_rows_go_to_one_gzip_jsonl_file_per_day_then_leave_the_table(d
     expected = await old_rows(db)
     assert len(expected) == 7
     archive_dir = tmp_path / "archive"
-    result = await archive_old_audit_logs(db, archive_dir=archive_dir, retention_days=90, now=NOW,
+    result = await archive_old_audit_logs(db, key=KEY, archive_dir=archive_dir, retention_days=90, now=NOW,
                                           clock=lambda: NOW + timedelta(seconds=3))
 
     assert result["files_written"] == [
@@ -103,14 +106,14 @@ async def test_old_rows_go_to_one_gzip_jsonl_file_per_day_then_leave_the_table(d
     assert_each_archived_once(archive_dir, expected)
     assert not list(archive_dir.glob("*.tmp"))
 
-    again = await archive_old_audit_logs(db, archive_dir=archive_dir, retention_days=90, now=NOW)
+    again = await archive_old_audit_logs(db, key=KEY, archive_dir=archive_dir, retention_days=90, now=NOW)
     assert (again["archived_count"], again["deleted_count"], again["files_written"]) == (0, 0, [])
 
 
 async def test_large_days_are_archived_in_batches(db: Database, tmp_path: Path) -> None:
     await insert(db, [at(10) + timedelta(seconds=i) for i in range(10)] + [at(11)])
     expected = await old_rows(db)
-    result = await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=NOW, batch_size=3)
+    result = await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=NOW, batch_size=3)
     assert [n[6:16] for n in result["files_written"]] == ["2026-02-10"] * 3 + ["2026-02-10", "2026-02-11"]
     assert result["archived_count"] == 11
     assert await remaining_ids(db) == []
@@ -131,7 +134,7 @@ async def test_crash_between_write_and_delete_then_rerun_archives_each_row_once(
             raise SimulatedCrash
 
     with pytest.raises(SimulatedCrash):
-        await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=NOW, batch_size=10,
+        await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=NOW, batch_size=10,
                                      after_write=crash_on_third)
     # the third file is durable, and its rows are still in the table
     assert written[2].exists() and [r.id for r in read_archive(written[2])] == [5]
@@ -139,7 +142,7 @@ async def test_crash_between_write_and_delete_then_rerun_archives_each_row_once(
 
     later = NOW + rerun_later
     expected_new = [r for r in await old_rows(db, later - timedelta(days=90)) if r.id != 5]
-    result = await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=later)
+    result = await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=later)
     assert result["deleted_count"] == result["archived_count"] + 1  # the recovered row is deleted, not rewritten
     assert sorted(r.id for r in archived(tmp_path)) == sorted([1, 2, 3, 4, 5] + [r.id for r in expected_new])
     assert_each_archived_once(tmp_path, [r for r in archived(tmp_path)])
@@ -154,12 +157,12 @@ async def test_torn_temp_files_are_removed_and_corrupt_files_set_aside(db: Datab
         raise SimulatedCrash
 
     with pytest.raises(SimulatedCrash):
-        await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=NOW, after_write=crash)
+        await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=NOW, after_write=crash)
     first = next(tmp_path.glob("audit-*.jsonl.gz"))
     first.write_bytes(first.read_bytes()[:-8])  # lose the gzip trailer: unreadable as a whole
     (tmp_path / f".{first.name}.dead.tmp").write_bytes(b"half a file")
 
-    result = await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=NOW)
+    result = await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=NOW)
     assert result["archived_count"] == 2
     assert (tmp_path / (first.name + ".corrupt")).exists()
     assert not list(tmp_path.glob("*.tmp"))
@@ -171,7 +174,7 @@ async def test_a_second_concurrent_run_is_skipped(db: Database, tmp_path: Path) 
     await insert(db, [at(1)])
     with (tmp_path / ".archive.lock").open("a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        result = await archive_old_audit_logs(db, archive_dir=tmp_path, retention_days=90, now=NOW)
+        result = await archive_old_audit_logs(db, key=KEY, archive_dir=tmp_path, retention_days=90, now=NOW)
     assert (result["status"], result["archived_count"]) == ("skipped", 0)
     assert await remaining_ids(db) == [1]
 
@@ -181,13 +184,14 @@ import asyncio, sys
 from datetime import datetime
 from pathlib import Path
 from agent_service.audit.archive import archive_old_audit_logs
+from agent_service.audit.archive_files import derive_key
 from tests.support.databases import open_target
 
 async def main():
     db = await open_target(sys.argv[1])  # a SQLite file's path or a PostgreSQL URL
     async def progress(path):
         print(path.name, flush=True)
-    await archive_old_audit_logs(db, archive_dir=Path(sys.argv[2]), retention_days=90,
+    await archive_old_audit_logs(db, key=derive_key(sys.argv[4]), archive_dir=Path(sys.argv[2]), retention_days=90,
                                  now=datetime.fromisoformat(sys.argv[3]), batch_size=7, after_write=progress)
     print("DONE", flush=True)
 
@@ -197,7 +201,7 @@ asyncio.run(main())
 
 def _run_and_kill(target: str, archive_dir: Path, after_files: int) -> None:
     """Run the archive in a child process and SIGKILL it after `after_files` files are durable."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, target, str(archive_dir), NOW.isoformat()],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, target, str(archive_dir), NOW.isoformat(), SECRET],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
@@ -229,7 +233,7 @@ async def test_sigkilled_runs_then_a_rerun_lose_nothing_and_archive_nothing_twic
 
     db = await test_database.open(migrated=False)
     try:
-        await archive_old_audit_logs(db, archive_dir=archive_dir, retention_days=90, now=NOW, batch_size=7)
+        await archive_old_audit_logs(db, key=KEY, archive_dir=archive_dir, retention_days=90, now=NOW, batch_size=7)
         assert_each_archived_once(archive_dir, expected)
         assert await remaining_ids(db) == [2001]
         assert not list(archive_dir.glob("*.tmp"))

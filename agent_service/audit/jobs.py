@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from agent_service.audit.archive import archive_old_audit_logs
+from agent_service.audit.archive import archive_key, archive_old_audit_logs
 from agent_service.audit.schemas import AuditArchive
 from agent_service.kit.deps import Deps
 from agent_service.kit.maintenance import MaintenanceJob
@@ -17,7 +17,7 @@ async def _run(deps: Deps) -> AuditArchive:
     s = deps.settings
     result = await archive_old_audit_logs(deps.db, archive_dir=Path(s.audit_archive_dir),
                                           retention_days=s.audit_log_retention_days, now=deps.clock(),
-                                          clock=deps.clock)
+                                          key=archive_key(s), clock=deps.clock)
     return msgspec.convert(result, AuditArchive)
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from agent_service.kit.db import DatabaseUnavailable, Dialect, Row, UniqueViolation
+from agent_service.kit.private_files import create_private_file, make_private_dir
 from agent_service.logging import get_logger
 
 log = get_logger(__name__)
@@ -86,8 +87,11 @@ class SqliteDatabase:
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> SqliteDatabase:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path not in (":memory:", ""):  # "" is a private temporary database
+            # SQLite would create the file 0644, and its -wal and -shm copy the file's mode: made
+            # 0600 first (in a 0700 directory if the directory is new), all three stay private
+            make_private_dir(Path(path).parent)
+            create_private_file(path)
         pending = aiosqlite.connect(path, isolation_level=None)
         # aiosqlite runs each connection in a non-daemon thread, which keeps a stopping process
         # alive if the connection is never closed (a worker that lost Redis); daemon it (private
