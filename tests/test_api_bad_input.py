@@ -86,11 +86,17 @@ async def test_unknown_agent_is_404_and_nothing_is_queued(client: Client, settin
     assert await queued(settings) == 0
 
 
-async def test_unconfigured_llm_agent_is_503(client: Client) -> None:
-    resp = await client.post("/api/v1/agents/simple_llm_agent/invoke", json={"message": "hi"})
-    assert_problem(resp, 503, "agent_unavailable")
+async def test_unconfigured_llm_agent_is_503_naming_the_setting_to_configure(client: Client) -> None:
+    for route in ("invoke", "stream", "invoke-async"):
+        resp = await client.post(f"/api/v1/agents/simple_llm_agent/{route}", json={"message": "hi"})
+        body = assert_problem(resp, 503, "agent_not_configured")
+        assert "LLM_BASE_URL" in str(body["detail"]) and "Retrying will not help" in str(body["detail"])
+        assert "retry-after" not in resp.headers  # a configuration state, not an outage
     agents = {a["id"]: a for a in (await client.get("/api/v1/agents")).json()["agents"]}
-    assert agents["simple_llm_agent"]["available"] is False and agents["echo"]["available"] is True
+    llm, echo = agents["simple_llm_agent"], agents["echo"]
+    assert llm["available"] is False and llm["missing_settings"] == ["LLM_BASE_URL"]
+    assert "LLM_BASE_URL" in llm["unavailable_reason"]
+    assert echo["available"] is True and echo["unavailable_reason"] is None and echo["missing_settings"] == []
 
 
 async def test_bad_agent_metadata_is_422_on_invoke_stream_and_invoke_async(client: Client, settings: Settings) -> None:

@@ -78,6 +78,10 @@ class SimpleLLMAgent:
     def available(self) -> bool:
         return bool(self._settings.llm_base_url)
 
+    @property
+    def missing_settings(self) -> tuple[str, ...]:
+        return () if self._settings.llm_base_url else ("LLM_BASE_URL",)
+
     def _request(self, data: AgentInput, *, stream: bool) -> dict[str, Any]:
         messages: list[dict[str, str]] = [{"role": "system", "content": self._settings.llm_system_prompt}]
         messages += [{"role": m.role, "content": m.content} for m in data.history]

@@ -133,6 +133,23 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     description: str
     available: bool
     streaming: bool
+    # when unavailable: what the operator must configure (a retry cannot help until then)
+    unavailable_reason: str | None = None
+    missing_settings: list[str] = msgspec.field(default_factory=list)
+
+
+def missing_settings(agent: Agent) -> tuple[str, ...]:
+    """Settings an unavailable agent needs (agents may declare `missing_settings`; optional)."""
+    found = getattr(agent, "missing_settings", ())
+    return tuple(str(s) for s in found) if isinstance(found, tuple | list) else ()
+
+
+def unavailable_reason(agent: Agent) -> str:
+    needed = missing_settings(agent)
+    if needed:
+        return (f"Agent {agent.name!r} is not configured on this server: set {' and '.join(needed)} for the web and "
+                "worker processes and restart them. Retrying will not help until then.")
+    return f"Agent {agent.name!r} is not available on this server (its configuration is incomplete)."
 
 
 class AgentList(msgspec.Struct, kw_only=True):

@@ -23,6 +23,8 @@ from agent_service.agents.schemas import (
     StreamDone,
     StreamMeta,
     TransientAgentError,
+    missing_settings,
+    unavailable_reason,
 )
 from agent_service.errors import AgentFailed, AppError, GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
 from agent_service.kit.deps import Deps
@@ -44,7 +46,9 @@ def registry(deps: Deps) -> AgentRegistry:
 def list_agents(deps: Deps) -> AgentList:
     return AgentList(
         agents=[
-            AgentInfo(id=a.name, description=a.description, available=a.available, streaming=True)
+            AgentInfo(id=a.name, description=a.description, available=a.available, streaming=True,
+                      unavailable_reason=None if a.available else unavailable_reason(a),
+                      missing_settings=[] if a.available else list(missing_settings(a)))
             for a in registry(deps).all()
         ],
         default_agent=deps.settings.default_agent,
@@ -57,7 +61,8 @@ def resolve_agent(deps: Deps, agent_id: str | None) -> Agent:
     if agent is None:
         raise NotFound(f"No agent named {name!r}.", code="agent_not_found")
     if not agent.available:
-        raise ServiceUnavailable(f"Agent {name!r} is not configured on this server.", code="agent_unavailable")
+        # a configuration state, not an outage: no Retry-After, and the code says so
+        raise ServiceUnavailable(unavailable_reason(agent), code="agent_not_configured")
     return agent
 
 
