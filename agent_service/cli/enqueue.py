@@ -84,7 +84,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             req = msgspec.convert({"message": args.message, "session_id": args.session, "metadata": meta,
                                    "stream": args.stream, "priority": args.priority}, InvokeAsyncRequest)
             accepted, _ = await task_service.enqueue(deps, args.agent or settings.default_agent, req,
-                                                   owner_id=user.id, request_id=None)
+                                                   owner_id=user.id, request_id=None, tier=user.tier,
+                                                   is_admin="admin" in user.roles)
         print(accepted.task_id, flush=True)
         if not args.wait:
             return 0

@@ -47,8 +47,9 @@ def _idempotency_key(request: Request) -> str | None:
         description="Queue the invocation as a background task and answer at once with its id and "
         "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
         "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
-        "60 s after it). `run_at` (RFC 3339, at most 7 days ahead) or `delay_seconds` schedule "
-        "it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
+        "120 s after it; a user's jobs already waiting place the next one later, so one user's "
+        "burst cannot hold up another's jobs). `run_at` (RFC 3339, at most 7 days ahead) or "
+        "`delay_seconds` schedule it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
         "return the original answer; the same key with another body is a 409.",
     ),
 )
@@ -57,9 +58,10 @@ async def invoke_async(request: Request) -> Response:
     agent_id = request.path_params.get("agent_id") or deps.settings.default_agent
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async")
     body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
+    caller = context.caller(request)
     accepted, replayed = await service.enqueue(
-        deps, agent_id, body, owner_id=context.owner_id(request), request_id=context.request_id(request),
-        idempotency_key=_idempotency_key(request),
+        deps, agent_id, body, owner_id=caller.user_id, request_id=context.request_id(request),
+        idempotency_key=_idempotency_key(request), tier=caller.tier, is_admin=caller.is_admin,
     )
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
     headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -20,12 +21,14 @@ from agent_service.kit import cron as cron_spec
 from agent_service.kit.deps import Deps
 from agent_service.kit.maintenance import MaintenanceJob
 from agent_service.logging import get_logger
-from agent_service.tasks import lifecycle, maintenance, queue
-from agent_service.tasks.policy import RetryLater, admit
+from agent_service.tasks import lifecycle, maintenance, policy, queue
+from agent_service.tasks.policy import RetryLater
 from agent_service.tasks.runner import job_name, run_agent_job
 from agent_service.tasks.schemas import AgentJob
 
-MAX_DEFERRALS = 1000
+# deferrals are not tries, and a job parked behind its owner's running cap comes back at least
+# every lease by itself: arq's own count must outlast a day of that (arq drops a job a day late)
+MAX_DEFERRALS = 100_000
 STORE_RETRY_SECONDS = 2.0
 log = get_logger("agent_service.tasks")
 MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a finished slot
@@ -34,15 +37,22 @@ MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a f
 async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     deps: Deps = ctx["deps"]
     job = msgspec.convert(payload, AgentJob)
+    owner = job.owner_id
+    renew = None if owner is None else functools.partial(policy.slots(deps).renew, owner, job.task_id)
     # first thing, so that arq's long in-progress mark never outlives a worker (or a Redis) dying
-    # now: the job runs again within the lease, whatever its time limit
-    lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds))
+    # now: the job runs again within the lease, whatever its time limit. The owner's running slot,
+    # once taken, is renewed with it, and expires with it.
+    lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds,
+                                                 renew=renew))
     structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
+    holds_slot = False
     try:
-        delay = await admit(deps, job, job_name(job))
+        delay = await policy.admit(deps, job, job_name(job), score=int(ctx["score"]))
         if delay is not None:
             await lifecycle.defer(deps, job.task_id)
-            raise Retry(defer=delay)
+            # a parked job's queue entry is already where it must be: no defer, arq leaves it there
+            raise Retry(defer=delay or None)
+        holds_slot = True
         attempt = ctx["job_try"] - await lifecycle.live(deps).deferrals(job.task_id)
         if attempt == 1 and deps.metrics is not None:
             await deps.metrics.enqueue_latency(job_name(job), time.time() - ctx["enqueue_time"].timestamp())
@@ -57,6 +67,8 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         raise Retry(defer=STORE_RETRY_SECONDS) from None
     finally:
         lease.cancel()
+        if holds_slot:  # however the run ended: done, failed, retrying, cancelled, shut down
+            await policy.release(deps, job)
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
 
 
@@ -69,7 +81,7 @@ async def invoke_agent_with_streaming(ctx: dict[str, Any], payload: dict[str, An
 
 
 def agent_functions(settings: Settings) -> list[Function]:
-    # Our runner enforces JOB_MAX_RETRIES itself (deferrals by the job rate limits are not tries),
+    # Our runner enforces JOB_MAX_RETRIES itself (deferrals by the job limits are not tries),
     # so arq's own cap only guards against endless re-delivery. Results live in the task's own
     # keys: arq keeps none (keep_result=0), so nothing is stored twice.
     tries = settings.job_max_retries + 1 + MAX_DEFERRALS

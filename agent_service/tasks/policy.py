@@ -1,18 +1,25 @@
-"""Job policy: retry with exponential backoff and full jitter (capped, transient failures only), and
-the job rate limits shared by all workers (over the limit a job is deferred, not failed)."""
+"""Job policy: retry with exponential backoff and full jitter (capped, transient failures only),
+and the limits shared by all workers: each user's cap on running jobs (tasks/fairness.py) and the
+job rate limits. Over a limit a job is deferred, not failed, and the deferral is not a try."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
 from collections.abc import Callable
 
+from agent_service.config import Settings
 from agent_service.errors import AppError
 from agent_service.kit.deps import Deps
 from agent_service.kit.ratelimit import Limit
 from agent_service.logging import get_logger
+from agent_service.tasks import queue
+from agent_service.tasks.fairness import UserSlots
 from agent_service.tasks.schemas import AgentJob
 
 log = get_logger("agent_service.tasks")
+PARKED = 0.0  # admit's answer for a job parked by its owner's cap: its queue entry is moved already
 
 
 class RetryLater(Exception):
@@ -32,11 +39,77 @@ def backoff_delay(
     return float(ceiling * rng())
 
 
-async def admit(deps: Deps, job: AgentJob, name: str) -> float | None:
-    """Job rate limits shared by all workers: None to run now, else seconds to defer the job.
+def running_cap(settings: Settings, tier: str | None) -> int:
+    """How many jobs of an owner of `tier` may run at once (a job queued before tiers were
+    recorded, or of an unknown tier, gets the default tier's cap)."""
+    caps = {"free": settings.jobs_running_free, "pro": settings.jobs_running_pro,
+            "enterprise": settings.jobs_running_enterprise}
+    return caps.get(tier or settings.default_tier, caps[settings.default_tier])
+
+
+def job_tier(tier: str | None, *, is_admin: bool, default: str) -> str:
+    """The tier a submitted job runs under. An admin's jobs get the enterprise cap, not none: a
+    scripted bulk run (or a leaked admin key) must not take every slot either, and the enterprise
+    cap is already a whole default worker (WORKER_MAX_JOBS)."""
+    return "enterprise" if is_admin else tier or default
+
+
+def slots(deps: Deps) -> UserSlots:
+    return deps.part(UserSlots.of)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)  # queue scores are wall-clock ms, as arq compares them
+
+
+async def admit(deps: Deps, job: AgentJob, name: str, *, score: int) -> float | None:
+    """The shared limits: None to run now, else seconds to defer the job.
+
+    First the owner's running cap: with every slot taken the job is parked (its queue entry moved
+    about a lease ahead, woken as soon as a slot is given back; tasks/fairness.py) and PARKED is
+    returned: nothing to add to its queue score. Then the job rate limits, which do not count the
+    parked jobs' attempts; a job they defer gives its slot back. Admitted, the job holds one of
+    its owner's slots until `release`.
 
     A deferral is not a try: the caller re-queues the job and the attempt count ignores it.
     """
+    if not await _take_slot(deps, job, score):
+        await _deferred(deps, job, name, PARKED, reason="user_cap")
+        return PARKED
+    try:
+        delay = await _rate_limited(deps, job, name)
+    except BaseException:  # any way out but admission (a cancel too) gives the slot back
+        await release(deps, job, wake=False)
+        raise
+    if delay is not None:
+        # not woken: the rate limit is what holds jobs back now, a woken job would only meet it
+        await release(deps, job, wake=False)
+    return delay
+
+
+async def _take_slot(deps: Deps, job: AgentJob, score: int) -> bool:
+    if job.owner_id is None:
+        return True  # no owner to be fair to (not submitted by a user)
+    s = deps.settings
+    fallback = s.job_lease_seconds * (0.5 + 0.5 * deps.rng())  # jittered: parked jobs do not return in step
+    return await slots(deps).acquire(job.owner_id, job.task_id, cap=running_cap(s, job.tier), score=score,
+                                     parked_until_ms=_now_ms() + int(fallback * 1000),
+                                     waiting=queue.waiting_keys(deps.prefix, job.owner_id))
+
+
+async def release(deps: Deps, job: AgentJob, *, wake: bool = True) -> None:
+    """Give the job's slot back, however its run ended, and wake the owner's first parked job: at
+    its own place in the queue, but not before the place of a low job submitted now (other users'
+    jobs already waiting go first). With Redis away the slot expires by itself within a lease."""
+    if job.owner_id is None:
+        return
+    now = _now_ms()
+    with contextlib.suppress(AppError):
+        await slots(deps).release(job.owner_id, job.task_id, now_ms=now, floor_ms=now - queue.FAIR_WINDOW_MS,
+                                  wake=wake)
+
+
+async def _rate_limited(deps: Deps, job: AgentJob, name: str) -> float | None:
     s = deps.settings
     if not s.rate_limit_enabled or deps.limiter is None:
         return None
@@ -48,10 +121,16 @@ async def admit(deps: Deps, job: AgentJob, name: str) -> float | None:
         return None
     if decision.allowed:
         return None
+    delay = max(decision.retry_after, 0.05)
+    await _deferred(deps, job, name, delay, reason="rate_limit")
+    if deps.metrics is not None:
+        await deps.metrics.rate_limited(f"job:{name}")
+    return delay
+
+
+async def _deferred(deps: Deps, job: AgentJob, name: str, delay: float, *, reason: str) -> None:
     if deps.stats is not None:
         deps.stats.bump("deferred")
     if deps.metrics is not None:
         await deps.metrics.event("deferred", name)
-        await deps.metrics.rate_limited(f"job:{name}")
-    log.info("job.deferred", task_id=job.task_id, delay=decision.retry_after, job=name)
-    return max(decision.retry_after, 0.05)
+    log.info("job.deferred", task_id=job.task_id, delay=delay, job=name, reason=reason)

@@ -116,6 +116,9 @@ class AgentJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     owner_id: str | None = None
     request_id: str | None = None
     stream: bool = False
+    # the owner's tier at submission: their cap on running jobs (None: queued before tiers were
+    # recorded; the default tier's cap)
+    tier: str | None = None
 
 
 # --- live events (GET /agents/tasks/{id}/events and the dashboard) ---------------------------

@@ -24,7 +24,7 @@ from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
 from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
-from agent_service.tasks import lifecycle, queue
+from agent_service.tasks import lifecycle, policy, queue
 from agent_service.tasks.schemas import AgentJob, TaskAccepted
 
 log = get_logger(__name__)
@@ -57,9 +57,11 @@ def _when(deps: Deps, req: InvokeAsyncRequest) -> datetime | None:
 
 async def enqueue(
     deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str, request_id: str | None,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, tier: str | None = None, is_admin: bool = False,
 ) -> tuple[TaskAccepted, bool]:
-    """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key."""
+    """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key.
+    `tier` (the caller's; the default tier when None) sets the owner's cap on running jobs."""
+    tier = policy.job_tier(tier, is_admin=is_admin, default=deps.settings.default_tier)
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
     run_at = _when(deps, req)
     try:  # a job that is sure to fail on its input is never queued
@@ -69,14 +71,14 @@ async def enqueue(
     if req.session_id:
         await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
     if idempotency_key is None:
-        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id), False
+        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier), False
     store = IdempotencyStore(deps.redis, prefix=deps.prefix)
     fp = fingerprint(agent.name, msgspec.json.encode(req))
     stored = await store.begin(owner_id, idempotency_key, fp)
     if stored is not None:
         return msgspec.convert(stored.body, TaskAccepted), True
     try:
-        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id)
+        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier)
     except BaseException:  # nothing queued (error or cancel): free the key for the client's retry
         with contextlib.suppress(AppError):
             await store.abandon(owner_id, idempotency_key)
@@ -92,13 +94,14 @@ async def enqueue(
 
 async def _enqueue(
     deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
-    request_id: str | None,
+    request_id: str | None, tier: str,
 ) -> TaskAccepted:
     task_id = uuid.uuid4().hex
     kind = queue.KIND_STREAM if req.stream else queue.KIND_INVOKE
     payload = AgentJob(
         task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
         metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
+        tier=tier,
     )
     job = msgspec.to_builtins(payload)
     if not serializer.storable(job):
