@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from arq.worker import get_kwargs
 from agent_service.cli import bootstrap
 from agent_service.cli import enqueue as enqueue_cli
 from agent_service.cli.dev import run_dev
-from agent_service.config import Settings, load_settings
+from agent_service.config import Settings, load_settings, read_env_file
 from agent_service.errors import AppError, ConfigError
 from agent_service.identity import accounts
 from agent_service.identity.schemas import TIERS
@@ -75,6 +76,19 @@ def _with_dev_redis(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, redis_url=url_file.read_text().strip())
 
 
+def _development_where_meant(command: str, settings: Settings) -> Settings:
+    """Production is the default; development only for `dev`, and for the CLI tools run beside a
+    running `dev` (it left var/redis.url) when APP_ENV is not set anywhere."""
+    if command == "dev" or (command in TOOLS_BESIDE_DEV and "APP_ENV" not in _explicit_env()
+                            and (Path(settings.var_dir) / "redis.url").is_file()):
+        return msgspec.structs.replace(settings, app_env="development")
+    return settings
+
+
+def _explicit_env() -> set[str]:
+    return set(os.environ) | set(read_env_file(Path(".env")))
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
@@ -100,6 +114,7 @@ def _create_api_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"dev": _dev, "web": _web, "worker": _worker, "migrate": _migrate}
+TOOLS_BESIDE_DEV = ("create-user", "create-api-key", "enqueue")
 NO_REDIS = "redis://127.0.0.1:1/0"  # `migrate` needs no Redis: a lazily-connecting pool never used
 
 
@@ -124,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     enqueue_cli.add_arguments(sub.add_parser("enqueue", help="queue an agent invocation by hand"))
     args = parser.parse_args(argv)
     try:
-        settings = _with_dev_redis(load_settings())
+        settings = _development_where_meant(args.command, _with_dev_redis(load_settings()))
+        if args.command in ("dev", "web"):
+            settings.check_bind()
         if args.command == "web":
             overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
             settings = msgspec.structs.replace(settings, **overrides)

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.authentication import AuthenticationError
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, compile_path
@@ -38,6 +39,7 @@ from agent_service.ops import endpoints as ops
 from agent_service.ops.metrics import HttpMetrics
 
 API_PREFIX = "/api/v1"
+STREAM_TOKEN_PATH = re.compile(r"^/api/v1/agents/tasks/(?P<task_id>[^/]{1,200})/events$")
 log = get_logger(__name__)
 
 
@@ -60,6 +62,24 @@ def _auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     log.info("auth.failed", code=code, path=conn.url.path)
     title = error.title if error else "Unauthorized"
     return problem(conn.scope, status, code, title, detail, headers=headers)
+
+
+CORS_ALLOW_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                      "X-Request-ID"]
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "Location", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                       "RateLimit-Reset", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                       "Idempotent-Replayed", "Content-Disposition"]
+
+
+def _cors(settings: Settings) -> list[Middleware]:
+    """Outermost, so that errors (a 401, a 429) carry the CORS headers too and a browser can read
+    them. Credentials are headers here, never cookies; still, `*` never goes with credentials."""
+    origins = settings.cors_origin_list
+    if not origins:
+        return []
+    return [Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=origins != ["*"],
+                       allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"], allow_headers=CORS_ALLOW_HEADERS,
+                       expose_headers=CORS_EXPOSE_HEADERS, max_age=600)]
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -99,10 +119,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def api_key(raw: str) -> Principal:
         return await identity_service.principal_from_api_key(app.state.deps, raw)
 
+    async def stream_token(token: str, task_id: str) -> Principal:
+        return await identity_service.principal_from_stream_token(app.state.deps, token, task_id)
+
     app.user_middleware = [
+        *_cors(settings),
         Middleware(RequestContextMiddleware, on_finish=[audit.record_request]),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,
                    backend=ApiAuthBackend(bearer, api_key, public_paths=public_paths(app.routes),
-                                          on_failure=api_limits.unauthenticated)),
+                                          on_failure=api_limits.unauthenticated, stream_token=stream_token,
+                                          stream_path=STREAM_TOKEN_PATH)),
     ]
     return app

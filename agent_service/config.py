@@ -51,6 +51,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: PositiveInt = 1_048_576
     sync_invoke_timeout: PositiveFloat = 120.0
     public_base_url: str | None = None  # for absolute status URLs behind a proxy
+    # browser origins allowed to call the API (comma-separated, e.g. https://app.example.com); `*` for any
+    # origin without credentials; empty: no cross-origin access
+    cors_origins: str = ""
+    stream_token_ttl: Annotated[int, msgspec.Meta(ge=5, le=60)] = 60  # s to open an EventSource with ?token=
     http_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16_384  # request line + headers; beyond: 431
     http_header_timeout: PositiveFloat = 10.0  # a request's headers must arrive within this (slowloris)
     http_max_connections: PositiveInt = 2000  # concurrent connections per web process; beyond: 503
@@ -154,6 +158,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         if self.database_url is not None:
             _check_url("DATABASE_URL", self.database_url, ("postgresql", "postgres"))
+        origins = self.cors_origin_list
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("CORS_ORIGINS is either `*` or a list of origins, not both")
+        for origin in origins:
+            if origin != "*" and (urlsplit(origin).scheme not in ("http", "https") or urlsplit(origin).path):
+                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
         if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
             raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
 
@@ -167,6 +177,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set (required when APP_ENV=production: every machine must "
                               "share one PostgreSQL)")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     def check_bind(self) -> None:
         """Development defaults (a generated secret, uncapped demo agent) are for this machine only."""

@@ -17,6 +17,7 @@ from agent_service.errors import AppError, BadRequest, Unauthorized
 from agent_service.identity.schemas import Principal
 
 Resolver = Callable[[str], Awaitable[Principal]]
+StreamResolver = Callable[[str, str], Awaitable[Principal]]  # (token, task id) -> the caller
 MAX_HEADER = 4096
 
 
@@ -55,9 +56,14 @@ class CredentialError(AuthenticationError):
 
 class ApiAuthBackend(AuthenticationBackend):
     def __init__(self, bearer: Resolver, api_key: Resolver, *, public_paths: Sequence[re.Pattern[str]] = (),
-                 on_failure: Callable[[Scope], Awaitable[None]] | None = None) -> None:
+                 on_failure: Callable[[Scope], Awaitable[None]] | None = None,
+                 stream_token: StreamResolver | None = None, stream_path: re.Pattern[str] | None = None) -> None:
         self._bearer = bearer
         self._api_key = api_key
+        # `?token=` is a credential on one route only (a task's events, for EventSource) and only
+        # for the task it names: anywhere else a token in a URL is ignored, never honoured
+        self._stream_token = stream_token
+        self._stream_path = stream_path
         self._on_failure = on_failure  # charges the client IP; raises 429 past its limit
         # public routes ignore credentials: a stale or odd header never turns them into a 401
         # (the token endpoint reads credentials from its body, /metrics checks its own token)
@@ -75,7 +81,10 @@ class ApiAuthBackend(AuthenticationBackend):
                 # picking one silently would let a stale header decide who the caller is
                 raise BadRequest("Send either `Authorization` or `X-API-Key`, not both.",
                                  code="conflicting_credentials")
-            if header is not None:
+            if header is None and raw_key is None and (found := self._stream_request(conn, local)) is not None:
+                assert self._stream_token is not None
+                principal = await self._stream_token(*found)
+            elif header is not None:
                 principal = await self._bearer(_bearer_token(header))
             elif raw_key is not None:
                 if len(raw_key) > MAX_HEADER:
@@ -91,6 +100,17 @@ class ApiAuthBackend(AuthenticationBackend):
                     raise CredentialError(limited) from None
             raise CredentialError(exc) from None
         return AuthCredentials(list(principal.scopes)), AuthUser(principal)
+
+    def _stream_request(self, conn: HTTPConnection, local: str) -> tuple[str, str] | None:
+        return _stream_request_of(conn, local, self._stream_path) if self._stream_token else None
+
+
+def _stream_request_of(conn: HTTPConnection, local: str, path: re.Pattern[str] | None) -> tuple[str, str] | None:
+    if path is None or conn.scope.get("method") != "GET" or b"token=" not in conn.scope.get("query_string", b""):
+        return None
+    match = path.match(local)
+    token = conn.query_params.get("token")
+    return (token, match.group("task_id")) if match and token else None
 
 
 def _bearer_token(header: str) -> str:

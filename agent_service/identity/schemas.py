@@ -136,6 +136,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     api_key_id: str | None = None
     token_jti: str | None = None
     token_exp: int | None = None
+    stream_task: str | None = None  # a stream token's caller: that task's events, nothing else
 
     @property
     def is_admin(self) -> bool:
@@ -148,6 +149,15 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     def actor(self) -> str:
         """How audit rows and logs name this caller."""
         return f"api_key:{self.api_key_id}" if self.api_key_id else f"user:{self.user_id}"
+
+
+class StreamToken(msgspec.Struct, kw_only=True):
+    """Opens one task's event stream as `…/events?token=…` (for EventSource, which cannot send
+    headers). Valid for `expires_in` seconds to start the stream; a stream already open goes on."""
+
+    token: str
+    expires_in: int
+    task_id: str
 
 
 class BlacklistCleanup(msgspec.Struct, kw_only=True, tag="cleanup_token_blacklist", tag_field="type"):

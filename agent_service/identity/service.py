@@ -15,8 +15,8 @@ from agent_service.identity import login_throttle
 from agent_service.identity import repository as repo
 from agent_service.identity.passwords import verify_password_async
 from agent_service.identity.repository import UserRecord
-from agent_service.identity.schemas import SCOPES, TIERS, USER_SCOPES, Me, Principal, TokenResponse
-from agent_service.identity.tokens import AuthKit, issue_access_token
+from agent_service.identity.schemas import SCOPES, TIERS, USER_SCOPES, Me, Principal, StreamToken, TokenResponse
+from agent_service.identity.tokens import AuthKit, issue_access_token, issue_stream_token, verify_stream_token
 from agent_service.kit.db import DatabaseUnavailable
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
@@ -102,6 +102,23 @@ async def principal_from_bearer(deps: Deps, token: str) -> Principal:
         raise Unauthorized("The account behind this token is not active.", code="inactive_user")
     return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=user_scopes(user),
                      tier=user_tier(deps, user), token_jti=str(claims["jti"]), token_exp=int(claims["exp"]))
+
+
+async def principal_from_stream_token(deps: Deps, token: str, task_id: str) -> Principal:
+    """The caller behind `?token=` on one task's events route: read-only, and only that task."""
+    kit = deps.part(AuthKit.of)
+    user_id = verify_stream_token(deps.settings, kit.secret, token, task_id=task_id)
+    user = await repo.get_user(deps.db, user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("The account behind this token is not active.", code="inactive_user")
+    return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=("tasks:read",),
+                     tier=user_tier(deps, user), stream_task=task_id)
+
+
+async def stream_token(deps: Deps, user_id: str, task_id: str) -> StreamToken:
+    token, _ = issue_stream_token(deps.settings, deps.part(AuthKit.of).secret, user_id=user_id,
+                                    task_id=task_id, now=deps.clock())
+    return StreamToken(token=token, expires_in=deps.settings.stream_token_ttl, task_id=task_id)
 
 
 def _external_principal(deps: Deps, claims: dict[str, Any]) -> Principal:

@@ -66,6 +66,33 @@ def issue_access_token(settings: Settings, secret: str, *, user_id: str, roles: 
     return jwt.encode(claims, secret, algorithm="HS256"), exp
 
 
+def issue_stream_token(settings: Settings, secret: str, *, user_id: str, task_id: str,
+                       now: datetime) -> tuple[str, int]:
+    """A token that can only open one task's event stream, within STREAM_TOKEN_TTL: for
+    EventSource, which cannot send headers, so the secret in its URL must be worthless soon."""
+    iat = int(now.timestamp())
+    exp = iat + settings.stream_token_ttl
+    claims = {"sub": user_id, "task": task_id, "iat": iat, "nbf": iat, "exp": exp, "jti": uuid.uuid4().hex,
+              "iss": settings.jwt_issuer, "aud": settings.jwt_audience, "typ": "stream"}
+    return jwt.encode(claims, secret, algorithm="HS256"), exp
+
+
+def verify_stream_token(settings: Settings, secret: str, token: str, *, task_id: str) -> str:
+    """The user id a stream token speaks for, if it is valid for this task now."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthorized("The stream token is invalid.", code="invalid_stream_token")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], audience=settings.jwt_audience,
+                            issuer=settings.jwt_issuer, options={"require": ["exp", "sub", "task", "typ"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("The stream token has expired; ask for a new one.", code="stream_token_expired") from None
+    except jwt.PyJWTError:
+        raise Unauthorized("The stream token is invalid.", code="invalid_stream_token") from None
+    if claims.get("typ") != "stream" or claims.get("task") != task_id:
+        raise Unauthorized("The stream token is not valid for this task.", code="invalid_stream_token")
+    return str(claims["sub"])
+
+
 def revocation_id(token: str, claims: dict[str, Any]) -> str:
     """What sign-out revokes: the token's `jti`, or for an external token without one (OIDC
     providers need not send it) a hash of the token itself, so its logout still takes."""

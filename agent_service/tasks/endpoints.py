@@ -10,6 +10,8 @@ from starlette.responses import Response
 
 from agent_service.agents.schemas import InvokeAsyncRequest
 from agent_service.errors import ValidationFailed
+from agent_service.identity import service as identity
+from agent_service.identity.schemas import StreamToken
 from agent_service.kit import context, sse
 from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
 from agent_service.kit.io import json_response, read_json, read_query
@@ -140,9 +142,30 @@ async def cancel_task(request: Request) -> Response:
 async def task_events(request: Request) -> Response:
     stream = await follow.open_events(
         context.deps(request), request.path_params["task_id"], owner_id=context.owner_id(request),
-        is_admin=context.is_admin(request), last_event_id=request.headers.get("last-event-id"),
+        is_admin=context.is_admin(request),
+        # the query form is for a new EventSource (after a fresh stream token), which cannot set the header
+        last_event_id=request.headers.get("last-event-id") or request.query_params.get("last_event_id"),
     )
     return sse.response(stream, retry_ms=1000)
+
+
+@endpoint(
+    auth=Scoped("tasks:read"),
+    docs=Docs(
+        summary="Get a stream token for a task", tag="Background Jobs", response=StreamToken, status=201,
+        errors=(401, 403, 404),
+        description="For browsers: `EventSource` cannot send `X-API-Key` or `Authorization`, so open "
+        "`…/tasks/{task_id}/events?token=<token>` instead. The token is signed, read-only, good for this "
+        "task's events route only (anywhere else a `token` parameter is ignored) and only for STREAM_TOKEN_TTL "
+        "seconds (≤ 60) to start the stream; an open stream goes on. To resume after it expired, get a new "
+        "token and add `&last_event_id=<id>`. Never logged.",
+    ),
+)
+async def stream_token(request: Request) -> Response:
+    deps, task_id = context.deps(request), request.path_params["task_id"]
+    await service.get_record(deps, task_id, owner_id=context.owner_id(request), is_admin=context.is_admin(request))
+    token = await identity.stream_token(deps, context.owner_id(request), task_id)
+    return json_response(token, status=201, headers=NO_STORE)
 
 
 routes = [
@@ -151,6 +174,7 @@ routes = [
     route("/agents/tasks/{task_id}", get_task, ["GET"]),
     route("/agents/tasks/{task_id}/cancel", cancel_task, ["POST"]),
     route("/agents/tasks/{task_id}/events", task_events, ["GET"]),
+    route("/agents/tasks/{task_id}/stream-token", stream_token, ["POST"]),
     route("/agents/invoke-async", invoke_async, ["POST"]),
     route("/agents/{agent_id}/invoke-async", invoke_async, ["POST"]),
 ]
