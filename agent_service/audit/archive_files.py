@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import io
 import os
-import secrets
 import stat
 import struct
 import zlib
@@ -26,8 +25,8 @@ import msgspec
 
 from agent_service.audit.schemas import AuditRecord
 from agent_service.config import Settings
-from agent_service.errors import ConfigError
-from agent_service.kit.private_files import make_private_dir, open_private
+from agent_service.identity.service import server_secret
+from agent_service.kit.private_files import open_private
 
 # a fixed label: the archive key is never the JWT key itself, so a tag is no token signature
 KEY_LABEL = b"agent-service/audit-archive/hmac-sha256/v1"
@@ -49,27 +48,9 @@ def derive_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), KEY_LABEL, hashlib.sha256).digest()
 
 
-def server_secret(settings: Settings) -> str:
-    """The JWT secret, found as identity.tokens.resolve_secret finds it (JWT_SECRET, or in
-    development the var dir's generated one); audit may not import that module (DESIGN.md's
-    import rule), so this follows the same file protocol."""
-    if settings.jwt_secret:
-        return settings.jwt_secret
-    if not settings.is_dev:
-        raise ConfigError("JWT_SECRET must be set outside development (APP_ENV=production)")
-    path = make_private_dir(settings.var_dir) / "jwt_secret"
-    try:
-        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
-
-
 def archive_key(settings: Settings) -> bytes:
     """The key of this deployment's archive tags."""
-    return derive_key(server_secret(settings))
+    return derive_key(server_secret(settings))  # JWT_SECRET, or development's generated one
 
 
 def tag_of(key: bytes, name: str, content: bytes) -> bytes:

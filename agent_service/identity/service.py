@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Any, Literal
 
+from agent_service.config import Settings
 from agent_service.errors import Unauthorized
 from agent_service.identity import keys as key_material
 from agent_service.identity import login_throttle
@@ -16,7 +17,13 @@ from agent_service.identity import repository as repo
 from agent_service.identity.passwords import verify_password_async
 from agent_service.identity.repository import UserRecord
 from agent_service.identity.schemas import SCOPES, TIERS, USER_SCOPES, Me, Principal, StreamToken, TokenResponse
-from agent_service.identity.tokens import AuthKit, issue_access_token, issue_stream_token, verify_stream_token
+from agent_service.identity.tokens import (
+    AuthKit,
+    issue_access_token,
+    issue_stream_token,
+    resolve_secret,
+    verify_stream_token,
+)
 from agent_service.kit.db import DatabaseUnavailable
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
@@ -28,6 +35,12 @@ TOUCH_EVERY_SECONDS = 60  # an API key's last_used_at is written at most this of
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def server_secret(settings: Settings) -> str:
+    """The deployment's secret (JWT_SECRET, or development's generated one), for other domains
+    that derive keys from it (audit archive tags)."""
+    return resolve_secret(settings)
 
 
 def user_scopes(user: UserRecord) -> tuple[str, ...]:
