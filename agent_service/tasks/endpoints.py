@@ -52,7 +52,8 @@ def _idempotency_key(request: Request) -> str | None:
         "120 s after it; a user's jobs already waiting place the next one later, so one user's "
         "burst cannot hold up another's jobs). `run_at` (RFC 3339, at most 7 days ahead) or "
         "`delay_seconds` schedule it. An `Idempotency-Key` header makes retries safe for 24 h: the same key and body "
-        "return the original answer; the same key with another body is a 409.",
+        "return the original answer; the same key with another body is a 409. A `session_id` needs the "
+        "`sessions` scope too.",
     ),
 )
 async def invoke_async(request: Request) -> Response:
@@ -60,6 +61,7 @@ async def invoke_async(request: Request) -> Response:
     agent_id = request.path_params.get("agent_id") or deps.settings.default_agent
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async")
     body = await read_json(request, InvokeAsyncRequest, limit=deps.settings.max_body_bytes)
+    context.require_session_scope(request, body.session_id)
     caller = context.caller(request)
     accepted, replayed = await service.enqueue(
         deps, agent_id, body, owner_id=caller.user_id, request_id=context.request_id(request),
