@@ -105,6 +105,11 @@ def test_oversized_headers_get_431_and_normal_requests_still_work(web: Callable[
         assert statuses(read_response(s)) == [200]
         s.sendall(GET)
         assert statuses(read_response(s)) == [200]
+    with connect(svc.port) as s:  # a big body in the same read as small headers is no header
+        body = b'{"email": "nobody@example.com", "password": "%s"}' % (b"x" * 30_000)
+        s.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: guard\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert statuses(read_response(s))[0] in (401, 413, 422)
     assert httpx.get(f"{svc.base}/health/live", timeout=5).status_code == 200
 
 

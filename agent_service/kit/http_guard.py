@@ -47,8 +47,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     Bytes are counted per `data_received` chunk (no per-byte work) while a request line or headers
     are being read: httptools gathers a header in its own buffer and reports it only once complete,
-    so counting in the header callbacks alone would not bound one endless header. The exact size
-    is checked again when the headers are complete, from what the parser produced."""
+    so counting in the header callbacks alone would not bound one endless header. When the headers
+    are complete the count is an upper bound of their size if the request began at a chunk's start
+    (the usual case: one request, one read); only otherwise is the exact size summed from what the
+    parser produced. The deadline timer is armed only when a chunk leaves headers incomplete, so a
+    request whose headers come in one read (nearly all) costs no timer."""
 
     max_header_bytes = 16_384
     header_timeout = 10.0
@@ -59,6 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = True  # the bytes arriving now belong to a request line or headers
         self._header_bytes = 0  # of the current request so far (per chunk; at most one chunk too few)
         self._request_started = False  # its first byte came: a timeout is answered (408), not just closed
+        self._exact = True  # the count began at a chunk's start, so it bounds the header size from above
         self._refused = False  # answered with an error: further bytes are dropped unread
         self._oversized = False
         self._header_timer: asyncio.TimerHandle | None = None
@@ -81,25 +85,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_headers:
             self._header_bytes += len(data)
         super().data_received(data)
-        if (self._reading_headers and self._header_bytes > self.max_header_bytes
-                and not self.transport.is_closing()):
-            self._refuse(431, TOO_LARGE)
+        if not self._reading_headers:
+            return
+        # a request line or headers are still incomplete after this chunk
+        if self._header_bytes > self.max_header_bytes:
+            if not self.transport.is_closing():
+                self._refuse(431, TOO_LARGE)
+            return
+        if self._request_started or self._header_bytes:
+            self._arm_header_timer()
+        else:
+            self._exact = True  # nothing of the next request yet: its count will start with a chunk
 
     # parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_started = True
-        self._oversized = False
-        self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        if self._header_timer is not None:
+            self._cancel_header_timer()
         self._reading_headers = self._request_started = False
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size <= self.max_header_bytes:
+        self._oversized = not (self._exact and self._header_bytes <= self.max_header_bytes) and (
+            len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > self.max_header_bytes)
+        if not self._oversized:
             super().on_headers_complete()
             return
-        self._oversized = True  # no upgrade either: the request is answered, not handed on
+        # no upgrade either (_should_upgrade): the request is answered, not handed on
         app, self.app = self.app, _too_large
         try:
             super().on_headers_complete()
@@ -108,7 +120,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._reading_headers, self._header_bytes = True, 0  # what follows is the next request
+        # what follows is the next request, maybe in this very chunk (so uncounted: not exact)
+        self._reading_headers, self._header_bytes, self._exact = True, 0, False
 
     def _should_upgrade(self) -> bool:
         return not self._oversized and super()._should_upgrade()
