@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ def when(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def peak_overlap(spans: Iterable[tuple[datetime, datetime]]) -> int:
+def peak_overlap(spans: Iterable[tuple[Any, Any]]) -> int:
     """The most spans open at one instant (one ending as another starts is not an overlap)."""
     pairs = list(spans)
     edges = sorted([(a, 1) for a, _ in pairs] + [(b, -1) for _, b in pairs])
@@ -99,7 +99,7 @@ async def test_every_way_a_run_ends_gives_its_slot_back(client: Client, make_set
 
 
 async def _state_is(client: Client, task_id: str, state: str) -> bool:
-    return (await status(client, task_id))["state"] == state
+    return bool((await status(client, task_id))["state"] == state)
 
 
 async def _no_slots(slots: UserSlots, owner: str) -> bool:
@@ -186,7 +186,8 @@ def _job(task_id: str, owner: str | None) -> AgentJob:
     return AgentJob(task_id=task_id, agent_id="echo", message="x", owner_id=owner)
 
 
-async def _queue_order(settings: Settings, jobs: list[tuple[str, str | None, str]]) -> tuple[list[str], list[float]]:
+async def _queue_order(settings: Settings,
+                       jobs: Sequence[tuple[str, str | None, str]]) -> tuple[list[str], list[float]]:
     """Queue (task id, owner, priority) in turn as the API would; the queue's order and scores."""
     redis = connect(settings)
     try:
@@ -216,7 +217,7 @@ async def test_a_burst_then_another_users_job_puts_it_after_at_most_one(settings
 
 @pytest.mark.sqlite_only
 async def test_priority_still_orders_a_users_jobs_and_weighs_against_others(settings: Settings) -> None:
-    jobs = [(f"a{i}", "alice", "normal") for i in range(20)]
+    jobs: list[tuple[str, str | None, str]] = [(f"a{i}", "alice", "normal") for i in range(20)]
     jobs += [("a-high", "alice", "high"), ("a-low", "alice", "low"), ("b-low", "bob", "low"), ("sys", None, "low")]
     order, _ = await _queue_order(settings, jobs)
     assert order[0] == "a-high"  # her waiting normal jobs do not hold up her high one
