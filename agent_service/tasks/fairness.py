@@ -8,7 +8,8 @@ Sorted sets per job owner, under REDIS_KEY_PREFIX (`jobs:user:<owner>:…`):
   dead worker gives nothing back, and its slots expire by themselves within a lease.
 - `waiting:<priority>`: the owner's jobs queued and not yet picked up by a worker, scored by when
   they stop counting; the enqueue script counts them to place a new job (see tasks/queue.py), and
-  a job leaves them when a worker picks it up, whether it then runs or is parked.
+  a job leaves them when a worker picks it up, whether it then runs or is parked (one cancelled
+  before that counts until its entry expires, W after it was queued).
 - `parked`: jobs turned away because the owner was at the cap, scored by their place in the
   queue. A parked job's queue entry is moved about a lease ahead (so it does not poll), and a slot
   given back wakes the first of them: its entry is made due again, at the place described in

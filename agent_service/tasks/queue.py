@@ -17,15 +17,16 @@ Every score is at most the enqueue time, so the job is due at once (a score in t
 "deferred" to arq: the job would not run even on an idle worker).
 
 - Fairness: a user's n-th waiting job is placed as if submitted n * S later. A job of a user with
-  nothing waiting, submitted d seconds after another user's burst of its priority, goes after at
-  most 1 + d / S jobs of that burst (within S: after the one picked first); a user's n-th job,
-  after about n + d / S of them, so bursts interleave up to N deep. Beyond N waiting jobs a burst
-  keeps its submission order. A user at their running cap (tasks/fairness.py) does not hold up
-  anyone: their extra jobs are parked, and woken when one of their slots frees at max(own score,
-  now - W), that is behind the other users' jobs already waiting.
-- Priority: a user's high job counts only their waiting high jobs, so it goes before their normal
-  and low ones unless 6 more high than normal jobs wait (30 s / S); across users a priority level
-  is worth 6 waiting jobs, so marking everything high does not beat other users' bursts.
+  nothing waiting, submitted d < W seconds after another user's burst of its priority, goes after
+  at most 1 + d / S jobs of that burst (within S: after the one picked first); that user's n-th
+  job after about n + d / S of them, so bursts interleave up to N deep. Beyond N waiting jobs a
+  burst keeps its submission order. A user at their running cap (tasks/fairness.py) holds up
+  nobody: their extra jobs are parked, and when one of their slots frees the first is woken at
+  max(own score, now - W), the place of a low job submitted then by a user with nothing waiting.
+- Priority: a user's job counts only their waiting jobs of its priority or higher, so their own
+  lower ones never hold it up: with fewer than 30 s / S = 6 high jobs waiting, their next high job
+  goes before all their normal ones. Across users a priority level is worth 6 waiting jobs: a
+  burst marked high gains 6 places over another user's normal job, not the whole queue.
 - Starvation bound: a job can only be overtaken by jobs submitted less than 60 s (the largest
   shift difference) + W = 120 s after it (after its time, for a scheduled or woken job).
 
