@@ -6,18 +6,30 @@ import re
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from agent_service.config import Settings
+from agent_service.identity.schemas import SCOPES
+from agent_service.kit import pagination
 from agent_service.kit.endpoint import Public, Scoped
-from agent_service.kit.openapi.builder import walk
-from tests.support.apps import Client, add_user
+from agent_service.kit.openapi.builder import documented, walk
+from agent_service.kit.openapi.components import CURSOR_PATTERN
+from agent_service.kit.openapi.operations import HEADER_DOCS
+from agent_service.tasks import follow
+from tests.support.apps import Client, add_user, app_client
 
 pytestmark = pytest.mark.sqlite_only  # the document and the docs pages: no SQL of their own
 
 TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "API Keys", "Audit Logs", "Admin"]
+# routed but no API operation: the docs and dashboard pages, and the paths that moved (still served)
+PAGES = {("/docs", "get"), ("/redoc", "get"), ("/docs/static/{name}", "get"), ("/docs/oauth2-redirect", "get"),
+         ("/dashboard", "get"), ("/dashboard/static/{name}", "get")}
+MOVED = {("/api/v1/agents/tasks/{task_id}", "get"): "/api/v1/agents/tasks/{task_id}/status",
+         ("/api/v1/jobs/maintenance/{name}", "post"): "/api/v1/jobs/maintenance/{name}/run"}
 
 
 @pytest.fixture
@@ -36,15 +48,24 @@ async def test_document_is_valid_openapi_31(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     assert schemes["apiKeyAuth"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    assert schemes["oauth2Password"]["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
+    password = schemes["oauth2Password"]["flows"]["password"]
+    assert password["tokenUrl"] == "/api/v1/auth/token"
+    assert list(password["scopes"]) == list(SCOPES) and all(password["scopes"].values())
+    assert spec["servers"] == [{"url": "/", "description": "This service"}]
+
+
+async def test_servers_name_the_public_base_url(settings: Settings) -> None:
+    async with app_client(msgspec.structs.replace(settings, public_base_url="https://agents.test/")) as c:
+        assert (await c.get("/openapi.json")).json()["servers"][0]["url"] == "https://agents.test"
 
 
 async def test_every_route_is_documented_and_every_documented_path_is_routed(client: Client,
                                                                             spec: dict[str, Any]) -> None:
     routed = {(path, method) for path, method, _ in walk(list(client.app.routes))}
-    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
-    assert routed - documented == set(), f"routed but not documented: {sorted(routed - documented)}"
-    assert documented - routed == set(), f"documented but not routed: {sorted(documented - routed)}"
+    in_doc = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert routed - in_doc == PAGES | set(MOVED), f"routed but not documented: {sorted(routed - in_doc)}"
+    assert in_doc - routed == set(), f"documented but not routed: {sorted(in_doc - routed)}"
+    assert {(new, m) for (_, m), new in MOVED.items()} <= in_doc
 
 
 def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -79,14 +100,14 @@ async def test_public_operations_and_streams(spec: dict[str, Any]) -> None:
     assert ("/health/live", "get") in public and ("/openapi.json", "get") in public
     assert ("/api/v1/auth/token", "post") in public and ("/api/v1/agents/invoke", "post") not in public
     stream = spec["paths"]["/api/v1/agents/{agent_id}/stream"]["post"]["responses"]["200"]["content"]
-    assert "text/event-stream" in stream
+    assert list(stream) == ["text/event-stream"]
     limited = spec["paths"]["/api/v1/agents/{agent_id}/invoke"]["post"]["responses"]
     assert "RateLimit-Remaining" in limited["200"]["headers"] and "429" in limited
 
 
 async def test_each_operation_matches_its_route_metadata(client: Client, spec: dict[str, Any]) -> None:
     """Public-ness, schemes, scope, bodies and streams as declared by each route's typed EndpointSpec."""
-    for path, method, endpoint_spec in walk(list(client.app.routes)):
+    for path, method, endpoint_spec in documented(list(client.app.routes)):
         docs, op, where = endpoint_spec.docs, spec["paths"][path][method], f"{method.upper()} {path}"
         scope = endpoint_spec.auth.scope if isinstance(endpoint_spec.auth, Scoped) else None
         if isinstance(endpoint_spec.auth, Public):
@@ -94,7 +115,7 @@ async def test_each_operation_matches_its_route_metadata(client: Client, spec: d
         else:
             assert {"bearerAuth", "apiKeyAuth", "oauth2Password"} <= {k for s in op["security"] for k in s}, where
         if scope:
-            assert f"`{scope}`" in op["description"], where
+            assert f"`{scope}`" in op["description"] and {"oauth2Password": [scope]} in op["security"], where
         if docs.request is not None:
             body = op["requestBody"]["content"]["application/json"]
             assert body["schema"] == {"$ref": f"#/components/schemas/{docs.request.__name__}"} and body["examples"]
@@ -119,7 +140,8 @@ async def test_every_example_validates_against_its_schema(spec: dict[str, Any]) 
         for label, content in bodies:
             for media, entry in content.items():
                 schema = _absolute(entry["schema"])
-                validator = jsonschema.Draft202012Validator(schema, registry=registry)
+                validator = jsonschema.Draft202012Validator(
+                    schema, registry=registry, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
                 for example in entry.get("examples", {}).values():
                     errors = [e.message for e in validator.iter_errors(example["value"])]
                     assert not errors, f"{method.upper()} {path} {label} {media}: {errors}"
@@ -167,3 +189,129 @@ async def test_authorize_button_password_flow_then_async_flow(client: Client) ->
     assert queued.status_code == 202, queued.text
     status = await client.get(queued.headers["Location"], headers=bearer)
     assert status.status_code == 200 and status.json()["task_id"] == queued.json()["task_id"], status.text
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        own = {node["$ref"].rsplit("/", 1)[1]} if isinstance(node.get("$ref"), str) else set()
+        return own.union(*(_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_refs(v) for v in node))
+    return set()
+
+
+async def test_streams_are_raw_text_whose_events_are_described(spec: dict[str, Any]) -> None:
+    """A generator hands an SSE body over as text (a oneOf as the body schema made them parse it
+    as one JSON object); contentSchema names each event and the schema of its data."""
+    cases = {("/api/v1/agents/{agent_id}/stream", "post"): {"chunk": "StreamChunk", "done": "StreamDone",
+                                                           "error": "StreamError"},
+             ("/api/v1/agents/tasks/{task_id}/events", "get"): {
+                 "state": "StateEvent", "progress": "ProgressEvent", "chunk": "ChunkEvent",
+                 "reconnect": "ReconnectEvent", "error": "StreamError"}}
+    for (path, method), events in cases.items():
+        media = spec["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]
+        schema = media["schema"]
+        assert schema["type"] == "string" and schema["contentMediaType"] == "text/event-stream"
+        items = schema["contentSchema"]["items"]["oneOf"]
+        found = {i["properties"]["event"]["const"]: i["properties"]["data"]["contentSchema"]["$ref"].rsplit("/")[-1]
+                 for i in items}
+        assert found == events, path
+        assert all(i["properties"]["data"]["contentMediaType"] == "application/json" for i in items)
+        assert media["examples"]["example"]["value"].startswith("event: ")
+
+
+async def test_one_content_type_per_body_and_the_token_form_still_works(client: Client,
+                                                                      spec: dict[str, Any]) -> None:
+    for path, method, op in _operations(spec):
+        assert len(op.get("requestBody", {}).get("content", {"-": 0})) == 1, (method, path)
+        for code, resp in op["responses"].items():
+            assert len(resp.get("content", {"-": 0})) == 1, (method, path, code)
+    token = spec["paths"]["/api/v1/auth/token"]["post"]
+    assert list(token["requestBody"]["content"]) == ["application/json"]
+    assert "application/x-www-form-urlencoded" in token["description"] and "`username`" in token["description"]
+    await add_user(client.app, "form@example.com", password="form password 12")
+    resp = await client.post("/api/v1/auth/token", data={"grant_type": "password", "username": "form@example.com",
+                                                         "password": "form password 12"})
+    assert resp.status_code == 200 and resp.json()["token_type"] == "bearer", resp.text
+
+
+async def test_every_timestamp_is_a_date_time(spec: dict[str, Any]) -> None:
+    """Each `datetime` field (msgspec documents a naive-capable one as a bare string) is formatted."""
+    timestamps = 0
+    for name, schema in spec["components"]["schemas"].items():
+        for prop, sub in schema.get("properties", {}).items():
+            if prop.endswith("_at") or prop in ("timestamp", "since", "until", "cutoff_time", "last_heartbeat",
+                                                "minute", "last_activity", "scheduled_for"):
+                strings = [a for a in [sub, *sub.get("anyOf", [])] if a.get("type") == "string"]
+                assert strings and all(a.get("format") == "date-time" for a in strings), (name, prop, sub)
+                timestamps += 1
+    assert timestamps > 40
+    since = {p["name"]: p for p in spec["paths"]["/api/v1/audit-logs"]["get"]["parameters"]}["since"]
+    assert since["schema"]["format"] == "date-time"
+
+
+async def test_no_unused_components(spec: dict[str, Any]) -> None:
+    used = _refs(spec["paths"])
+    while True:  # and what those reach
+        more = _refs([spec["components"]["schemas"][n] for n in used]) - used
+        if not more:
+            break
+        used |= more
+    assert set(spec["components"]["schemas"]) == used
+    assert not {"PageQuery", "TaskQuery", "AuditQuery", "AuditRange", "SessionQuery"} & used
+
+
+async def test_links_lead_from_a_queued_task_to_its_status_events_and_cancel(spec: dict[str, Any]) -> None:
+    ops = {op["operationId"]: (path, op) for path, _, op in _operations(spec)}
+    for op_id in ("invoke_async", "invoke_async_agent_id"):
+        links = ops[op_id][1]["responses"]["202"]["links"]
+        assert {link["operationId"] for link in links.values()} == {"get_task", "task_events", "cancel_task"}
+        assert all(link["parameters"] == {"task_id": "$response.body#/task_id"} for link in links.values())
+    assert ops["get_task"][0] == "/api/v1/agents/tasks/{task_id}/status"
+    count = 0
+    for _, op in ops.values():
+        for resp in op["responses"].values():
+            for link in resp.get("links", {}).values():
+                _, target = ops[link["operationId"]]
+                path_params = {p["name"] for p in target["parameters"] if p["in"] == "path"}
+                assert set(link["parameters"]) == path_params and link["description"], link
+                assert all(v.startswith("$response.body#/") for v in link["parameters"].values())
+                count += 1
+    assert count >= 12
+
+
+async def test_opaque_parameters_have_the_pattern_of_real_values(spec: dict[str, Any]) -> None:
+    cursor = pagination.encode("2026-11-25T12:00:00.000000+00:00", "9f1c2a7b3d4e4f5a8b6c7d8e9f0a1b2c")
+    assert re.fullmatch(CURSOR_PATTERN, cursor) and re.fullmatch(CURSOR_PATTERN, pagination.encode("x", 2**62))
+    assert HEADER_DOCS["Last-Event-ID"][1] == follow._EVENT_ID.pattern
+    for path, method, op in _operations(spec):
+        for p in op["parameters"]:
+            if p["name"] == "cursor":
+                assert p["schema"]["pattern"] == CURSOR_PATTERN, (method, path)
+            if p["name"] == "Last-Event-ID":
+                assert p["schema"]["pattern"] == follow._EVENT_ID.pattern, (method, path)
+
+
+async def test_moved_paths_still_answer_and_locations_point_at_the_documented_one(client: Client) -> None:
+    admin = {"X-API-Key": await add_user(client.app, "mover@example.com", admin=True)}
+    queued = await client.post("/api/v1/agents/echo/invoke-async", json={"message": "Hello"})
+    task_id = queued.json()["task_id"]
+    assert queued.headers["location"] == f"/api/v1/agents/tasks/{task_id}/status" == queued.json()["status_url"]
+    for path in (f"/api/v1/agents/tasks/{task_id}", f"/api/v1/agents/tasks/{task_id}/status"):
+        resp = await client.get(path)
+        assert resp.status_code == 200 and resp.json()["task_id"] == task_id, (path, resp.text)
+    for path in ("/api/v1/jobs/maintenance/cleanup_temp_files", "/api/v1/jobs/maintenance/cleanup_temp_files/run"):
+        resp = await client.post(path, headers=admin)
+        assert resp.status_code == 202 and resp.headers["location"].endswith("/status"), (path, resp.text)
+
+
+async def test_an_integer_field_takes_an_integral_number(client: Client) -> None:
+    """JSON Schema's `integer` includes 30.0 (what some generated clients send); 30.5 is still refused."""
+    body = {"name": "ci", "scopes": ["tasks:read"]}
+    made = await client.post("/api/v1/api-keys", json={**body, "expires_in_days": 30.0})
+    assert made.status_code == 201, made.text
+    refused = await client.post("/api/v1/api-keys", json={**body, "expires_in_days": 30.5})
+    assert refused.status_code == 422
+    assert [e["path"] for e in refused.json()["errors"]] == ["$.expires_in_days"]
+    huge = await client.post("/api/v1/api-keys", json={**body, "expires_in_days": 1e300})
+    assert huge.status_code == 422, huge.text

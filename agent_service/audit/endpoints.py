@@ -13,7 +13,7 @@ from agent_service.audit.service import audit_entry
 from agent_service.errors import NotFound
 from agent_service.kit import context
 from agent_service.kit.client_ip import client_ip
-from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
+from agent_service.kit.endpoint import Docs, Link, Scoped, endpoint, route
 from agent_service.kit.io import json_response, read_query
 
 SCOPE = "audit:read"
@@ -24,6 +24,8 @@ SCOPE = "audit:read"
     docs=Docs(
         summary="Search the audit log", tag="Audit Logs", response=AuditPage, query=AuditQuery,
         errors=(401, 403, 422),
+        links=(Link(name="GetFirstEntry", operation="get_log", parameters={"log_id": "$response.body#/items/0/id"},
+                    description="The newest entry of the page."),),
         description="Newest first. Filter by actor, action, resource type and id, request id, status and a "
         "time range (`since` inclusive, `until` exclusive, RFC 3339 with offset); paginate with "
         "`limit` and the opaque `cursor`.",

@@ -29,7 +29,7 @@ from agent_service.identity.schemas import (
     UserUpdate,
 )
 from agent_service.kit import context
-from agent_service.kit.endpoint import Docs, Limits, Public, Scoped, endpoint, route
+from agent_service.kit.endpoint import Docs, Limits, Link, Public, Scoped, endpoint, route
 from agent_service.kit.io import convert, json_response, read_body, read_json, read_query
 from agent_service.kit.schemas import PageQuery
 
@@ -136,6 +136,8 @@ async def me(request: Request) -> Response:
     docs=Docs(
         summary="Create a user", tag="Admin", request=UserCreate, response=UserOut, status=201,
         errors=(400, 401, 403, 409, 413, 415, 422),
+        links=(Link(name="UpdateUser", operation="update_user", parameters={"user_id": "$response.body#/id"},
+                    description="Change the new user's roles, tier or state."),),
         description="Admins only. Emails are unique regardless of case.",
     ),
 )
@@ -187,6 +189,14 @@ async def update_user(request: Request) -> Response:
     docs=Docs(
         summary="Create an API key", tag="API Keys", request=ApiKeyCreate, response=ApiKeyCreated, status=201,
         errors=(400, 401, 403, 409, 413, 415, 422),
+        links=(
+            Link(name="GetKey", operation="get_key", parameters={"key_id": "$response.body#/id"},
+                 description="The new key's details."),
+            Link(name="RotateKey", operation="rotate_key", parameters={"key_id": "$response.body#/id"},
+                 description="Replace the new key by a fresh one."),
+            Link(name="RevokeKey", operation="revoke_key", parameters={"key_id": "$response.body#/id"},
+                 description="Revoke the new key."),
+        ),
         description="The raw key (`sk_live_…`) is in this response only; the server keeps a hash. A key "
         "cannot hold a scope its creator lacks nor a tier above the creator's current one; only admins grant "
         "`admin` or `audit:read`. Rate limits are charged to the user, whichever key is used, and a user holds "
@@ -208,6 +218,8 @@ async def create_key(request: Request) -> Response:
     auth=Scoped(KEYS),
     docs=Docs(
         summary="List my API keys", tag="API Keys", response=ApiKeyPage, query=PageQuery, errors=(401, 403, 422),
+        links=(Link(name="GetFirstKey", operation="get_key", parameters={"key_id": "$response.body#/items/0/id"},
+                    description="The newest key of the page."),),
         description="Newest first; the raw keys are never shown again, only their display prefix.",
     ),
 )

@@ -67,6 +67,15 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     local_fallback: bool = False
 
 
+class Link(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a client can go next with a value of this answer (an OpenAPI link on the success response)."""
+
+    name: str
+    operation: str  # the target's operation id: its function name (with the path's suffix when shared)
+    parameters: dict[str, str]  # target parameter -> runtime expression, e.g. "$response.body#/task_id"
+    description: str
+
+
 class Docs(msgspec.Struct, frozen=True, kw_only=True):
     summary: str
     description: str
@@ -84,6 +93,10 @@ class Docs(msgspec.Struct, frozen=True, kw_only=True):
     body_required: bool = True
     form: type | None = None  # an alternative application/x-www-form-urlencoded body
     in_api: bool = True  # False: a page or asset, kept out of the API operations
+    links: tuple[Link, ...] = ()
+    # older paths (as routed, relative to their mount) still served for existing clients and left
+    # out of the document: a path that moved, e.g. to stop being ambiguous with another one
+    moved_from: tuple[str, ...] = ()
 
 
 class EndpointSpec(msgspec.Struct, frozen=True, kw_only=True):

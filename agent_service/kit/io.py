@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
 import msgspec
+from msgspec import inspect
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -118,6 +120,51 @@ def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def _wants_int(t: inspect.Type) -> bool:
+    """An int and no float is accepted here (so a float's value would be lost to a float field)."""
+    kinds = t.types if isinstance(t, inspect.UnionType) else (t,)
+    kinds = tuple(_bare(k) for k in kinds)
+    return any(isinstance(k, inspect.IntType) for k in kinds) and not any(isinstance(k, inspect.FloatType)
+                                                                       for k in kinds)
+
+
+def _bare(t: inspect.Type) -> inspect.Type:
+    while isinstance(t, inspect.Metadata):
+        t = t.type
+    return t
+
+
+def _integral(obj: Any, t: inspect.Type) -> Any:
+    """`obj` with each integral float (30.0) that stands where `t` wants an int made an int: JSON
+    Schema's `integer` is any number with a zero fractional part, and generated clients send it so.
+    A float with a fraction (30.5) is left as it is, for the usual 422."""
+    t = _bare(t)
+    if isinstance(obj, float):
+        return int(obj) if obj.is_integer() and _wants_int(t) else obj
+    if isinstance(t, inspect.UnionType):  # the one alternative that can hold a container, if any
+        holders = [a for a in map(_bare, t.types) if not isinstance(a, inspect.NoneType | inspect.IntType |
+                                                                        inspect.FloatType | inspect.StrType |
+                                                                        inspect.BoolType)]
+        return _integral(obj, holders[0]) if len(holders) == 1 else obj
+    if isinstance(obj, dict):
+        if isinstance(t, inspect.StructType):
+            fields = {f.encode_name: f.type for f in t.fields}
+            return {k: _integral(v, fields[k]) if k in fields else v for k, v in obj.items()}
+        if isinstance(t, inspect.DictType):
+            return {k: _integral(v, t.value_type) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        if isinstance(t, inspect.CollectionType | inspect.VarTupleType):
+            return [_integral(v, t.item_type) for v in obj]
+        if isinstance(t, inspect.TupleType) and len(t.item_types) == len(obj):
+            return [_integral(v, it) for v, it in zip(obj, t.item_types, strict=True)]
+    return obj
+
+
+@functools.cache
+def _type_info(typ: type) -> inspect.Type:
+    return inspect.type_info(typ)
+
+
 def decode(raw: bytes, typ: type[T]) -> T:
     if too_deep(raw):
         raise BadRequest(f"The request body nests deeper than {MAX_DEPTH} levels.", code="json_too_deep")
@@ -125,9 +172,13 @@ def decode(raw: bytes, typ: type[T]) -> T:
         return msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as first:
         try:
-            obj = msgspec.json.decode(raw)
+            obj = _integral(msgspec.json.decode(raw), _type_info(typ))
         except msgspec.DecodeError:
             raise MalformedJSON("The request body is not valid JSON.") from None
+        try:  # the same strict decode, of the body with its integral floats made ints
+            return msgspec.json.decode(_encoder.encode(obj), type=typ)
+        except msgspec.ValidationError:
+            pass
         errors = field_errors(obj, typ) or [{"path": "$", "message": str(first)}]
         raise ValidationFailed("The request body is invalid.", errors=errors) from None
     except msgspec.DecodeError:

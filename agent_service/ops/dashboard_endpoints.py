@@ -41,7 +41,7 @@ def _asset(name: str, media_type: str) -> Response:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="Dashboard page", tag="Admin", media_type="text/html",
+        summary="Dashboard page", tag="Admin", media_type="text/html", in_api=False,
         description="The admin dashboard: queue depth, workers, recent tasks with live progress, a task's "
         "stream, cancel and retry. Sign in with an API key; the page calls this API with it.",
     ),
@@ -53,7 +53,7 @@ async def page(request: Request) -> Response:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="Dashboard asset", tag="Admin", errors=(404,), media_type="text/plain",
+        summary="Dashboard asset", tag="Admin", errors=(404,), media_type="text/plain", in_api=False,
         description="The dashboard's script and stylesheet (`dashboard.js`, `dashboard.css`); "
         "any other name is a 404.",
     ),

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_service.kit import context
-from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
+from agent_service.kit.endpoint import Docs, Link, Scoped, endpoint, route
 from agent_service.kit.io import json_response, read_query
 from agent_service.sessions.schemas import SessionDetail, SessionPage, SessionQuery
 from agent_service.sessions.service import SessionService
@@ -19,6 +19,9 @@ SCOPE = "sessions"
     docs=Docs(
         summary="List my sessions", tag="Sessions", response=SessionPage, query=SessionQuery,
         errors=(401, 403, 422),
+        links=(Link(name="GetFirstSession", operation="get_session",
+                    parameters={"session_id": "$response.body#/items/0/id"},
+                    description="The messages of the most recently active session of the page."),),
         description="Live conversation sessions, most recently active first; paginate with `limit` and "
         "the opaque `cursor`. A session expires SESSION_EXPIRY_HOURS after its last activity.",
     ),

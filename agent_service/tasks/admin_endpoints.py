@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent_service.kit import context
-from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
+from agent_service.kit.endpoint import Docs, Link, Scoped, endpoint, route
 from agent_service.kit.io import json_response
 from agent_service.tasks import admin
 from agent_service.tasks.schemas import MaintenanceList, TaskAccepted, TaskStatus
@@ -18,13 +18,15 @@ from agent_service.tasks.schemas import MaintenanceList, TaskAccepted, TaskStatu
     docs=Docs(
         summary="Retry a failed task", tag="Admin", response=TaskStatus, status=202,
         errors=(401, 403, 404, 409, 503),
+        links=(Link(name="GetTaskStatus", operation="get_task", parameters={"task_id": "$response.body#/task_id"},
+                    description="Follow the task run again."),),
         description="Queue a failed or cancelled agent task again under the same id, from its stored input.",
     ),
 )
 async def retry(request: Request) -> Response:
     context.audit(request, "EXECUTE", "task", request.path_params["task_id"], retry=True)
     status = await admin.retry(context.deps(request), request.path_params["task_id"])
-    return json_response(status, status=202, headers={"Location": f"/api/v1/agents/tasks/{status.task_id}"})
+    return json_response(status, status=202, headers={"Location": f"/api/v1/agents/tasks/{status.task_id}/status"})
 
 
 @endpoint(
@@ -43,6 +45,10 @@ async def maintenance(request: Request) -> Response:
     docs=Docs(
         summary="Run a maintenance job now", tag="Admin", response=TaskAccepted, status=202,
         errors=(401, 403, 404, 503),
+        # `/jobs/maintenance/{name}` had the shape of `/jobs/{task_id}/retry`: ambiguous to OpenAPI tools
+        moved_from=("/jobs/maintenance/{name}",),
+        links=(Link(name="GetTaskStatus", operation="get_task", parameters={"task_id": "$response.body#/task_id"},
+                    description="Follow the maintenance task."),),
         description="Queue one of `cleanup_expired_sessions`, `archive_old_audit_logs`, "
         "`cleanup_token_blacklist`, `cleanup_temp_files`; follow it at `status_url` like any task "
         "(its result is the job's tagged result).",
@@ -59,5 +65,6 @@ async def run_maintenance(request: Request) -> Response:
 routes = [
     route("/jobs/maintenance", maintenance, ["GET"]),
     route("/jobs/maintenance/{name}", run_maintenance, ["POST"]),
+    route("/jobs/maintenance/{name}/run", run_maintenance, ["POST"]),
     route("/jobs/{task_id}/retry", retry, ["POST"]),
 ]

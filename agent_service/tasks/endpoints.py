@@ -13,7 +13,7 @@ from agent_service.errors import ValidationFailed
 from agent_service.identity import service as identity
 from agent_service.identity.schemas import StreamToken
 from agent_service.kit import context, sse
-from agent_service.kit.endpoint import Docs, Scoped, endpoint, route
+from agent_service.kit.endpoint import Docs, Link, Scoped, endpoint, route
 from agent_service.kit.io import json_response, read_json, read_query
 from agent_service.tasks import follow, service
 from agent_service.tasks.schemas import (
@@ -46,6 +46,14 @@ def _idempotency_key(request: Request) -> str | None:
         summary="Queue an agent invocation", tag="Background Jobs", request=InvokeAsyncRequest,
         response=TaskAccepted, status=202, errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
         headers=("Idempotency-Key",),
+        links=(
+            Link(name="GetTaskStatus", operation="get_task", parameters={"task_id": "$response.body#/task_id"},
+                 description="Poll the queued task's state, progress and result."),
+            Link(name="FollowTaskEvents", operation="task_events",
+                 parameters={"task_id": "$response.body#/task_id"}, description="Follow the task live (SSE)."),
+            Link(name="CancelTask", operation="cancel_task", parameters={"task_id": "$response.body#/task_id"},
+                 description="Cancel the task."),
+        ),
         description="Queue the invocation as a background task and answer at once with its id and "
         "status URL. `stream: true` runs the streaming job, whose chunks are kept. `priority` "
         "orders a backlog (high, normal, low; a job is overtaken only by jobs submitted less than "
@@ -76,6 +84,14 @@ async def invoke_async(request: Request) -> Response:
     auth=Scoped("tasks:read"),
     docs=Docs(
         summary="Get a task's status", tag="Background Jobs", response=TaskStatus, errors=(401, 403, 404, 503),
+        # `/agents/tasks/{task_id}` had the shape of `/agents/{agent_id}/invoke`: ambiguous to OpenAPI tools
+        moved_from=("/agents/tasks/{task_id}",),
+        links=(
+            Link(name="FollowTaskEvents", operation="task_events",
+                 parameters={"task_id": "$response.body#/task_id"}, description="Follow the task live (SSE)."),
+            Link(name="CancelTask", operation="cancel_task", parameters={"task_id": "$response.body#/task_id"},
+                 description="Cancel the task."),
+        ),
         description="State (`PENDING`…`REVOKED`), human status, progress 0-100, the result once "
         "`SUCCESS` (kept JOB_RESULT_TTL seconds) and the error once `FAILURE`. "
         "Someone else's task is a 404.",
@@ -91,6 +107,9 @@ async def get_task(request: Request) -> Response:
     auth=Scoped("tasks:read"),
     docs=Docs(
         summary="List tasks", tag="Background Jobs", response=TaskPage, query=TaskQuery, errors=(401, 403, 422),
+        links=(Link(name="GetFirstTask", operation="get_task",
+                    parameters={"task_id": "$response.body#/items/0/task_id"},
+                    description="The status of the newest task of the page."),),
         description="My tasks, newest first, filtered by `state` and `agent`; admins see everyone's and may "
         "filter by `owner`. Paginate with `limit` and the opaque `cursor`.",
     ),
@@ -174,6 +193,7 @@ routes = [
     # before the agent routes: "/agents/tasks/..." must not be taken for an agent id
     route("/agents/tasks", list_tasks, ["GET"]),
     route("/agents/tasks/{task_id}", get_task, ["GET"]),
+    route("/agents/tasks/{task_id}/status", get_task, ["GET"]),
     route("/agents/tasks/{task_id}/cancel", cancel_task, ["POST"]),
     route("/agents/tasks/{task_id}/events", task_events, ["GET"]),
     route("/agents/tasks/{task_id}/stream-token", stream_token, ["POST"]),

@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 
 def status_url(deps: Deps, task_id: str) -> str:
-    path = f"/api/v1/agents/tasks/{task_id}"
+    path = f"/api/v1/agents/tasks/{task_id}/status"
     base = deps.settings.public_base_url
     return f"{base.rstrip('/')}{path}" if base else path
 

@@ -1,5 +1,6 @@
 """/docs (Swagger UI) and /redoc (ReDoc), served from the openapi-ui-bundles package: no CDN,
-so the docs work with no internet access. Public pages; the API calls they make are not."""
+so the docs work with no internet access. Public pages; the API calls they make are not. Pages,
+not API operations: they are left out of the OpenAPI document (`in_api=False`)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def _read(name: str) -> bytes:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="API docs (Swagger UI)", tag="Health", media_type="text/html",
+        summary="API docs (Swagger UI)", tag="Health", media_type="text/html", in_api=False,
         description="Every operation grouped by tag; **Authorize** with a password (OAuth2 flow) or an API key.",
     ),
 )
@@ -69,7 +70,7 @@ async def swagger(request: Request) -> Response:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="API reference (ReDoc)", tag="Health", media_type="text/html",
+        summary="API reference (ReDoc)", tag="Health", media_type="text/html", in_api=False,
         description="The same document rendered by ReDoc.",
     ),
 )
@@ -80,7 +81,7 @@ async def redoc_page(request: Request) -> Response:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="Docs asset", tag="Health", errors=(404,), media_type="text/plain",
+        summary="Docs asset", tag="Health", errors=(404,), media_type="text/plain", in_api=False,
         description="Swagger UI and ReDoc files, installed with the package.",
     ),
 )
@@ -96,7 +97,7 @@ async def asset(request: Request) -> Response:
 @endpoint(
     auth=Public(),
     docs=Docs(
-        summary="OAuth2 redirect", tag="Health", media_type="text/html",
+        summary="OAuth2 redirect", tag="Health", media_type="text/html", in_api=False,
         description="Swagger UI's OAuth2 redirect page (unused by the password flow, kept for completeness).",
     ),
 )

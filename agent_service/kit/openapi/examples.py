@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
+from agent_service.kit.openapi.components import schemas
 from agent_service.kit.problems import TYPE_BASE
 
 HEX = "9f1c2a7b3d4e4f5a8b6c7d8e9f0a1b2c"
@@ -66,14 +65,15 @@ def _gen(schema: dict[str, Any], defs: dict[str, Any], name: str | None) -> Any:
 
 
 def example_for(t: type) -> Any:
-    (schema,), defs = msgspec.json.schema_components([t], ref_template="#/$defs/{name}")
-    return _gen(schema, defs, None)
+    """An example of `t` that its documented schema (timestamps formatted) accepts."""
+    return _gen({"$ref": f"#/$defs/{t.__name__}"}, schemas([t], "#/$defs/{name}"), None)
 
 
 def problem_example(status: int) -> dict[str, Any]:
     code = {400: "malformed_json", 401: "unauthorized", 403: "insufficient_scope", 404: "not_found",
             409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
-            429: "rate_limited", 502: "agent_error", 503: "service_unavailable", 504: "timeout"}.get(status, "error")
+            429: "rate_limited", 431: "header_fields_too_large",
+            502: "agent_error", 503: "service_unavailable", 504: "timeout"}.get(status, "error")
     body: dict[str, Any] = {"type": TYPE_BASE + code, "title": code.replace("_", " ").capitalize(), "status": status,
                             "detail": "What went wrong, in words.", "instance": "/api/v1/agents/echo/invoke",
                             "request_id": HEX, "code": code}

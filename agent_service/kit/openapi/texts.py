@@ -46,3 +46,15 @@ TAGS = [
     {"name": "Audit Logs", "description": "Who did what, when, from where."},
     {"name": "Admin", "description": "Users, the job system, maintenance, metrics and the dashboard."},
 ]
+
+# identity's scopes (agent_service/identity/schemas.py SCOPES; a test keeps the two equal), as the
+# OAuth2 scheme lists them: an API key holds some of them, a signed-in user every non-admin one
+SCOPES = {
+    "agents:invoke": "Invoke agents: synchronously, as a stream or queued as a background task.",
+    "tasks:read": "Read my tasks: status, result, list and live events.",
+    "tasks:cancel": "Cancel my queued or running tasks.",
+    "sessions": "Use conversation sessions (`session_id`) and list, read or delete them.",
+    "api_keys:manage": "Mint, list, rotate and revoke my API keys.",
+    "audit:read": "Read the audit log (granted by admins only).",
+    "admin": "Everything, everyone's: users, every task, the job system and maintenance (admins only).",
+}
