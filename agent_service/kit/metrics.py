@@ -2,6 +2,11 @@
 
 Counters and histogram buckets are hash fields incremented in one pipeline per event. Metrics
 are best effort: a Redis error is logged at debug level and never fails a job or a request.
+
+Every event is labelled by its task kind: the arq function of an agent job
+(`invoke_agent_async`, `invoke_agent_with_streaming`) or a maintenance job's name
+(`cleanup_expired_sessions`, …). Exported as the label `task_kind`, never `job`: Prometheus
+owns `job` and `instance` (its scrape labels) and would rename ours to `exported_job`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS = {"job_duration_seconds": DURATION_BUCKETS, "job_enqueue_latency_seconds": LATENCY_BUCKETS}
 EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred", "orphaned")
-
-
-COUNTERS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred", "orphaned")
+COUNTERS = EVENTS  # the heartbeat's per-worker counts are the same events
 
 
 @dataclass
@@ -60,12 +63,12 @@ class JobMetrics:
         except (RedisError, OSError):
             log.debug("metrics.unavailable")
 
-    async def event(self, what: str, job: str, *, duration: float | None = None) -> None:
-        obs = [("job_duration_seconds", job, duration)] if duration is not None else []
-        await self._apply({f"jobs_{what}|{job}": 1}, obs)
+    async def event(self, what: str, task_kind: str, *, duration: float | None = None) -> None:
+        obs = [("job_duration_seconds", task_kind, duration)] if duration is not None else []
+        await self._apply({f"jobs_{what}|{task_kind}": 1}, obs)
 
-    async def enqueue_latency(self, job: str, seconds: float) -> None:
-        await self._apply({}, [("job_enqueue_latency_seconds", job, max(0.0, seconds))])
+    async def enqueue_latency(self, task_kind: str, seconds: float) -> None:
+        await self._apply({}, [("job_enqueue_latency_seconds", task_kind, max(0.0, seconds))])
 
     async def rate_limited(self, kind: str) -> None:
         await self._apply({f"rate_limit_rejections|{kind}": 1}, [])

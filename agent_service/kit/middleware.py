@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 
 import structlog
 from starlette.datastructures import MutableHeaders
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_service.kit.problems import internal_error
@@ -41,13 +42,58 @@ def route_template(scope: Scope) -> str:
     """The templated path incl. the mount prefix; never the raw path (bounded label values).
 
     A path that enters a Mount but matches nothing inside it leaves the Mount itself as
-    `scope["route"]`: that is unmatched too, not "<prefix><prefix>".
+    `scope["route"]`: that is unmatched too, not "<prefix><prefix>". A request answered before
+    routing (a 401 or 429 of the credential middleware) has no route in its scope: its template
+    is looked up in the app's routes, so that it is counted where it was headed.
     """
     matched = scope.get("route")
+    if matched is None:
+        return _lookup(scope)
     path = getattr(matched, "path", None)
     if path is None or isinstance(matched, Mount):
         return UNMATCHED
     return f"{scope.get('root_path', '')}{path}"
+
+
+# per app: every route's full template (mount prefixes joined), its compiled pattern and methods,
+# built on the first request that needs them; a lookup is then one regex match per route
+Templates = tuple[tuple[re.Pattern[str], str, frozenset[str] | None], ...]
+_TEMPLATES: weakref.WeakKeyDictionary[object, Templates] = weakref.WeakKeyDictionary()
+
+
+def _flatten(routes: Sequence[BaseRoute], prefix: str = "") -> Templates:
+    found: list[tuple[re.Pattern[str], str, frozenset[str] | None]] = []
+    for r in routes:
+        if isinstance(r, Mount):
+            found += _flatten(r.routes, prefix + r.path)
+        elif isinstance(r, Route):
+            found.append((compile_path(prefix + r.path)[0], prefix + r.path,
+                          frozenset(r.methods) if r.methods else None))
+    return tuple(found)
+
+
+def _lookup(scope: Scope) -> str:
+    """The route the router would pick: the first whose path and method match, else the first
+    whose path matches (a 405 there); unmatched when no path matches."""
+    app = scope.get("app")
+    routes = getattr(app, "routes", None)
+    if app is None or routes is None:
+        return UNMATCHED
+    table = _TEMPLATES.get(app)
+    if table is None:
+        table = _TEMPLATES[app] = _flatten(routes)
+    root: str = scope.get("root_path", "")
+    path: str = scope.get("path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    method = scope.get("method", "")
+    partial = None
+    for pattern, template, methods in table:
+        if pattern.match(path):
+            if methods is None or method in methods:
+                return f"{root}{template}"
+            partial = partial or template
+    return UNMATCHED if partial is None else f"{root}{partial}"
 
 
 class RequestContextMiddleware:

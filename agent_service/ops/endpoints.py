@@ -52,10 +52,11 @@ def _check_metrics_token(request: Request) -> None:
     auth=Public(),
     docs=Docs(
         summary="Prometheus metrics", tag="Admin", errors=(401,), media_type="text/plain",
-        description="HTTP requests by route, status and latency; jobs started, succeeded, failed, retried, "
-        "cancelled and deferred by job name; job duration and enqueue-to-start latency; queue "
-        "depth; rate-limit rejections. Needs `Authorization: Bearer <METRICS_TOKEN>` when that "
-        "setting is set.",
+        description="HTTP requests by route template, status and latency; jobs started, succeeded, failed, "
+        "retried, cancelled and deferred by `task_kind` (agent jobs and maintenance jobs); job duration "
+        "and enqueue-to-start latency; queue depth and backlog age; workers alive and their heartbeat "
+        "age; rate-limit rejections. No label is named `job` or `instance` (Prometheus' own). Needs "
+        "`Authorization: Bearer <METRICS_TOKEN>` when that setting is set.",
     ),
 )
 async def metrics_endpoint(request: Request) -> Response:

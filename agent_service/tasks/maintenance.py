@@ -7,6 +7,7 @@ tasks/lifecycle.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Literal
 
@@ -53,6 +54,12 @@ async def last_runs(deps: Deps) -> dict[str, MaintenanceRun]:
     return {k.decode(): _run_decoder.decode(v) for k, v in raw.items() if k.decode() in known}
 
 
+async def _count(deps: Deps, what: str, job: MaintenanceJob, started: float | None = None) -> None:
+    """The shared job metrics, as agent jobs count (tasks/runner.py), under the job's own name."""
+    if deps.metrics is not None:
+        await deps.metrics.event(what, job.name, duration=None if started is None else time.monotonic() - started)
+
+
 async def run(deps: Deps, job: MaintenanceJob, *, task_id: str | None, slot: str | None) -> MaintenanceResult | None:
     if slot is not None and not await _claim_slot(deps, job.name, slot):
         log.info("maintenance.skipped", job=job.name, slot=slot, reason="slot already run by another worker")
@@ -60,19 +67,25 @@ async def run(deps: Deps, job: MaintenanceJob, *, task_id: str | None, slot: str
     if task_id is not None:
         await lifecycle.start(deps, task_id, attempt=1)
     started = time.monotonic()
+    await _count(deps, "started", job)
     how: Literal["cron", "manual"] = "cron" if slot else "manual"
     trigger = {"trigger": how, "slot": slot} if slot else {"trigger": how, "task_id": task_id}
     try:
         result = await job.run(deps)
+    except asyncio.CancelledError:  # its time limit or a shutdown: counted as ended, not finished
+        await _count(deps, "cancelled", job, started)
+        raise
     except Exception as exc:  # a body's failure of any kind is audited and ends its task, then re-raised
         reason = exc.detail if isinstance(exc, AppError) else f"{type(exc).__name__} in {job.name}"
         log.exception("maintenance.failed", job=job.name, **trigger)
+        await _count(deps, "failed", job, started)
         record(deps, audit_entry("EXECUTE", "maintenance", actor="system", resource_id=job.name, status=500,
                                  metadata={**trigger, "error": reason}))
         if task_id is not None:
             await lifecycle.fail(deps, task_id, reason, attempt=1)
         raise
     duration = round(time.monotonic() - started, 4)
+    await _count(deps, "succeeded", job, started)
     assert isinstance(result, MaintenanceResult)  # type: ignore[arg-type,misc]
     await _keep_last(deps, job.name, MaintenanceRun(result=result, ran_at=deps.clock(), duration=duration,
                                                     trigger=how, slot=slot, task_id=task_id))
