@@ -189,7 +189,7 @@ async def test_a_job_without_its_record_is_counted_never_silent(
 
     async def counted() -> bool:
         text = (await client.get("/metrics")).text
-        return 'agent_jobs_orphaned_total{job="invoke_agent_async"} 1.0' in text
+        return 'agent_jobs_orphaned_total{task_kind="invoke_agent_async"} 1.0' in text
 
     await wait_for(counted, timeout=15)
     assert await task_store.get(deps.db, task_id) is None
