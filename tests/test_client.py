@@ -12,9 +12,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from agent_service.client import (
@@ -28,6 +30,7 @@ from agent_service.client import (
     TaskCancelled,
     TaskEvent,
     TaskFailed,
+    TaskStatus,
     TaskTimeout,
     Unauthorized,
     ValidationError,
@@ -178,6 +181,18 @@ def test_the_client_imports_nothing_of_the_server() -> None:
     assert all(m == "agent_service" or m.startswith("agent_service.client") for m in ours), ours
 
 
+def test_a_newer_servers_answers_still_decode() -> None:
+    """Unknown fields, a state and a result type this client has never heard of."""
+    body = {"task_id": "t1", "state": "PAUSED", "status": "paused", "progress": 50, "result": {"type": "summary",
+            "pages": 3}, "error": None, "shard": "eu-1", "tries": 1}
+    status = msgspec.json.decode(json.dumps(body), type=TaskStatus)
+    assert (status.state, status.finished, status.agent_result(), status.result) == (
+        "PAUSED", False, None, {"type": "summary", "pages": 3})
+    event = msgspec.json.decode(b'{"type":"chunk","index":0,"content":"a","attempt":1,"progress":4,"tokens":1}',
+                                type=ChunkEvent)
+    assert (event.index, event.content, event.event_id) == (0, "a", None)
+
+
 def test_both_credentials_are_refused_before_any_request() -> None:
     with pytest.raises(ValueError, match="not both"):
         AgentServiceClient("http://127.0.0.1:9", api_key="sk_live_x", token="a.b.c")
@@ -197,6 +212,9 @@ def test_seed_flow_submit_wait_result_and_the_task_list(sdk: AgentServiceClient)
     # two per page: the iterator follows next_cursor to the last one, newest first
     listed = [t.task_id for t in sdk.list_tasks(state="SUCCESS", limit=2)]
     assert sorted(listed) == sorted(h.id for h in handles)
+    later = sdk.submit("scheduled", agent="echo", priority="high", run_at=datetime.now(UTC) + timedelta(seconds=1))
+    assert later.accepted is not None and later.accepted.scheduled_for and later.accepted.priority == "high"
+    assert later.wait(timeout=20).content == "scheduled"
 
 
 @e2e
@@ -281,6 +299,21 @@ def test_wait_resumes_after_the_events_connection_is_cut(live_service: Live, pro
     sent = proxy.sent.decode(errors="replace")
     assert sent.count("/events") >= 2, "the connection was never cut"
     assert re.search(r"(?i)last-event-id: \d+-\d+", sent), "the reconnect did not resume"
+
+
+@e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("env_extra", [{"STREAM_MAX_SECONDS": "1"}], ids=["streams-last-1s"])
+def test_wait_follows_the_servers_reconnect_events(live_service: Live, sdk: AgentServiceClient) -> None:
+    # quiet for 3.5 s (scheduled), then streaming for 3 s: follows that end with no event in them
+    # are the server's doing, not failures, and those with chunks resume after the last one
+    handle = sdk.submit(WORDS, agent="echo", stream=True, metadata={"delay": 0.1}, delay_seconds=3.5)
+    seen: list[TaskEvent] = []
+    assert handle.wait(timeout=30, on_event=seen.append).content == WORDS
+    assert_each_chunk_once(seen, 30)
+    # the server ended each follow after 1 s with a `reconnect` event; each was resumed, none polled
+    assert len(requests_in(live_service.web.output(), "GET", f"/tasks/{handle.id}/events", 200)) >= 5
+    assert len(requests_in(live_service.web.output(), "GET", f"/tasks/{handle.id}")) == 1  # the final read
 
 
 @e2e
