@@ -6,8 +6,8 @@
         task = client.submit("hello", agent="echo")
         result = task.wait(timeout=60)        # like Celery's task.get(timeout=60)
 
-It imports nothing of the server (no Starlette, arq or Redis): it can be installed and used
-on its own machine.
+Importing it loads no server module (no Starlette, arq or Redis client): httpx and msgspec are all
+it needs.
 """
 
 from agent_service.client._async import AsyncAgentServiceClient, AsyncChunkStream, AsyncTaskHandle

@@ -6,12 +6,11 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-if TYPE_CHECKING:
-    from agent_service.client._models import AgentResult, TaskStatus
+from agent_service.client._models import AgentResult, TaskStatus
 
 
 class AgentServiceError(Exception):
