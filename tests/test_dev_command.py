@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,13 @@ def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None
         kids = _children(proc.pid)
         assert len(kids) >= 3  # valkey-server, web, worker
         assert (tmp_path / "var" / "redis" / "appendonlydir").exists()  # AOF on
+        # the embedded valkey has a password, kept from other local users: files 0600, no command line
+        var = tmp_path / "var"
+        password = (var / "redis.password").read_text().strip()
+        assert f":{password}@" in (var / "redis.url").read_text()
+        for holder in (var / "redis.url", var / "redis.password"):
+            assert stat.S_IMODE(holder.stat().st_mode) == 0o600, holder
+        assert not [k for k in kids if password.encode() in Path(f"/proc/{k}/cmdline").read_bytes()]
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         wait_until(lambda: not [k for k in kids if _alive(k)], timeout=5,
@@ -77,3 +85,4 @@ def test_dev_runs_everything_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None
     for prefix in ("redis  | ", "web    | ", "worker | ", "dev    | "):
         assert prefix in out
     assert f"{base}/docs" in out
+    assert password not in out
