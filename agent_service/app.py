@@ -25,7 +25,7 @@ from agent_service.identity import service as identity_service
 from agent_service.identity.auth_backend import ApiAuthBackend, CredentialError
 from agent_service.identity.schemas import Principal
 from agent_service.identity.tokens import resolve_secret
-from agent_service.kit import api_limits
+from agent_service.kit import api_limits, error_reporting, tracing
 from agent_service.kit.client_ip import parse_trusted
 from agent_service.kit.deps import open_deps
 from agent_service.kit.endpoint import WWW_AUTHENTICATE, Public, spec_of
@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.require_stores()
     configure_logging(settings, process="web")
     resolve_secret(settings)  # refuse to start on a missing or default secret outside development
+    error_reporting.setup(settings, process="web")  # each a no-op unless its setting is set
+    tracing.setup(settings, process="web")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await deps.aclose()
+            tracing.shutdown()
+            error_reporting.shutdown()
 
     app = Starlette(
         routes=[*ops.routes, *builder.routes, *docs_pages.routes, *dashboard.routes,
@@ -123,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return await identity_service.principal_from_stream_token(app.state.deps, token, task_id)
 
     app.user_middleware = [
+        *tracing.middleware(),  # outermost: the request's span covers everything it does
         *_cors(settings),
         Middleware(RequestContextMiddleware, on_finish=[audit.record_request]),
         Middleware(AuthenticationMiddleware, on_error=_auth_error,

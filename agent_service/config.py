@@ -133,6 +133,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_rate_limit_stream: PositiveInt = 50
     metrics_token: str | None = None  # when set, /metrics needs `Authorization: Bearer <token>`
 
+    # --- observability (off unless set; needs the `observability` extra) --------------------
+    sentry_dsn: str | None = None  # web 500s and crashed jobs to Sentry (kit/error_reporting.py)
+    sentry_environment: str | None = None  # None: APP_ENV
+    otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; traces to …/v1/traces (kit/tracing.py)
+    otel_service_name: str = "agent-service"
+
     # --- sessions, audit, maintenance ----------------------------------------------------
     session_max_messages: PositiveInt = 100
     session_expiry_hours: PositiveFloat = 24.0

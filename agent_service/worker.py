@@ -14,13 +14,14 @@ from agent_service.audit import service as audit_service
 from agent_service.compose import MAINTENANCE, provide_parts
 from agent_service.config import Settings, load_settings
 from agent_service.errors import AppError, ConfigError
-from agent_service.kit import serializer
+from agent_service.kit import error_reporting, serializer, tracing
 from agent_service.kit.deps import Deps, open_deps
 from agent_service.kit.metrics import WorkerStats
 from agent_service.kit.redis import redis_settings
 from agent_service.logging import configure_logging
 from agent_service.ops.workers import WorkerBoard, heartbeat
 from agent_service.tasks import jobs
+from agent_service.tasks.runner import JobFailed
 from agent_service.tasks.sweeper import run_sweeper
 
 
@@ -29,6 +30,9 @@ def build_worker_settings(settings: Settings) -> type:
 
     async def startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings, process="worker")
+        # each a no-op unless its setting is set; a failed job is an outcome stored on its task, not a bug
+        error_reporting.setup(settings, process="worker", ignore=(JobFailed,))
+        tracing.setup(settings, process="worker")
         # the jobs get their own pool with REDIS_TIMEOUT (arq's pool has no read timeout)
         deps = await open_deps(settings)
         provide_parts(deps)
@@ -49,6 +53,8 @@ def build_worker_settings(settings: Settings) -> type:
                 with contextlib.suppress(AppError):
                     await WorkerBoard.of(deps).remove(deps.stats.worker_id)
             await deps.aclose()
+        tracing.shutdown()
+        error_reporting.shutdown()
 
     attrs = {
         "functions": jobs.agent_functions(settings),

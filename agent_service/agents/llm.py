@@ -23,6 +23,7 @@ from agent_service.agents.schemas import (
     TransientAgentError,
 )
 from agent_service.config import Settings
+from agent_service.kit import tracing
 
 
 class _Usage(msgspec.Struct):
@@ -99,16 +100,26 @@ class SimpleLLMAgent:
             headers["Authorization"] = f"Bearer {self._settings.llm_api_key}"
         return self._settings.llm_base_url.rstrip("/") + "/chat/completions", headers
 
+    def _span(self, url: str) -> Any:
+        """The provider call's CLIENT span: where to and which model; never the prompt or the key."""
+        parts = httpx.URL(url)
+        return tracing.client_span(f"chat {self._settings.llm_model}", **{
+            "http.request.method": "POST", "server.address": parts.host, "server.port": parts.port,
+            "url.path": parts.path, "gen_ai.operation.name": "chat", "gen_ai.request.model": self._settings.llm_model,
+        })
+
     async def invoke(self, data: AgentInput) -> AgentOutput:
         url, headers = self._url_headers()
-        try:
-            resp = await self._client.post(
-                url, json=self._request(data, stream=False), headers=headers, timeout=self._settings.llm_timeout
-            )
-        except httpx.TimeoutException:
-            raise TransientAgentError("LLM provider timed out") from None
-        except httpx.TransportError:
-            raise TransientAgentError("LLM provider unreachable") from None
+        with self._span(url) as span:
+            try:
+                resp = await self._client.post(
+                    url, json=self._request(data, stream=False), headers=headers, timeout=self._settings.llm_timeout
+                )
+            except httpx.TimeoutException:
+                raise TransientAgentError("LLM provider timed out") from None
+            except httpx.TransportError:
+                raise TransientAgentError("LLM provider unreachable") from None
+            span.set("http.response.status_code", resp.status_code)
         _raise_for_status(resp)
         try:
             completion = _decode(resp.content)
@@ -129,32 +140,34 @@ class SimpleLLMAgent:
         url, headers = self._url_headers()
         headers["Accept"] = "text/event-stream"
         last = _Completion()
-        try:
-            async with self._client.stream(
-                "POST", url, json=self._request(data, stream=True), headers=headers,
-                timeout=self._settings.llm_timeout,
-            ) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    _raise_for_status(resp)
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        break
-                    try:
-                        event = _decode(payload)
-                    except msgspec.DecodeError:
-                        raise TransientAgentError("LLM provider sent an unreadable stream event") from None
-                    if event.error is not None:
-                        raise TransientAgentError("LLM provider failed mid-stream")
-                    last = _Completion(model=event.model or last.model, usage=event.usage or last.usage)
-                    for choice in event.choices:
-                        if choice.delta and choice.delta.content:
-                            yield choice.delta.content
-        except httpx.TimeoutException:
-            raise TransientAgentError("LLM provider timed out") from None
-        except httpx.TransportError:
-            raise TransientAgentError("LLM provider unreachable") from None
+        with self._span(url) as span:
+            try:
+                async with self._client.stream(
+                    "POST", url, json=self._request(data, stream=True), headers=headers,
+                    timeout=self._settings.llm_timeout,
+                ) as resp:
+                    span.set("http.response.status_code", resp.status_code)
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        _raise_for_status(resp)
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        payload = line[5:].strip()
+                        if payload == "[DONE]":
+                            break
+                        try:
+                            event = _decode(payload)
+                        except msgspec.DecodeError:
+                            raise TransientAgentError("LLM provider sent an unreadable stream event") from None
+                        if event.error is not None:
+                            raise TransientAgentError("LLM provider failed mid-stream")
+                        last = _Completion(model=event.model or last.model, usage=event.usage or last.usage)
+                        for choice in event.choices:
+                            if choice.delta and choice.delta.content:
+                                yield choice.delta.content
+            except httpx.TimeoutException:
+                raise TransientAgentError("LLM provider timed out") from None
+            except httpx.TransportError:
+                raise TransientAgentError("LLM provider unreachable") from None
         yield StreamMeta(metadata=self._meta(last))

@@ -18,6 +18,7 @@ from arq.worker import Function, func
 from agent_service.config import Settings
 from agent_service.errors import AppError, ServiceUnavailable
 from agent_service.kit import cron as cron_spec
+from agent_service.kit import error_reporting
 from agent_service.kit.deps import Deps
 from agent_service.kit.maintenance import MaintenanceJob
 from agent_service.logging import get_logger
@@ -72,12 +73,19 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
 
 
+async def _reported(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    # arq reports an escaping error after the job's context is gone: the error carries the tags
+    with error_reporting.job_tags(task_id=payload.get("task_id"), agent=payload.get("agent_id"),
+                                  request_id=payload.get("request_id"), job_id=str(ctx.get("job_id"))):
+        await _run(ctx, payload)
+
+
 async def invoke_agent_async(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-    await _run(ctx, payload)
+    await _reported(ctx, payload)
 
 
 async def invoke_agent_with_streaming(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-    await _run(ctx, payload)
+    await _reported(ctx, payload)
 
 
 def agent_functions(settings: Settings) -> list[Function]:

@@ -26,6 +26,7 @@ from agent_service.agents.schemas import (
 )
 from agent_service.agents.service import registry
 from agent_service.errors import AppError, ServiceUnavailable
+from agent_service.kit import tracing
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
@@ -129,7 +130,9 @@ async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str)
     worker = deps.stats.worker_id if deps.stats is not None else "?"
     lost = await lifecycle.claim_run(deps, job.task_id, f"{worker}:{job_id}:{attempt}")
     try:
-        await _run_job(deps, job, attempt=attempt, job_id=job_id, worker_lost=lost)
+        with tracing.job_span(f"run {job_name(job)}", job.traceparent, task_id=job.task_id, agent=job.agent_id,
+                              job_id=job_id, attempt=attempt, request_id=job.request_id):
+            await _run_job(deps, job, attempt=attempt, job_id=job_id, worker_lost=lost)
     finally:
         if deps.stats is not None:
             deps.stats.running -= 1

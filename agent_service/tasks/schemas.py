@@ -119,6 +119,9 @@ class AgentJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # the owner's tier at submission: their cap on running jobs (None: queued before tiers were
     # recorded; the default tier's cap)
     tier: str | None = None
+    # W3C traceparent of the enqueue span (kit/tracing.py): the run joins the request's trace
+    # (None: tracing off, or queued before it was carried)
+    traceparent: str | None = None
 
 
 # --- live events (GET /agents/tasks/{id}/events and the dashboard) ---------------------------

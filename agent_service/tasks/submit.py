@@ -19,7 +19,7 @@ from agent_service.agents.schemas import (
 )
 from agent_service.agents.service import resolve_agent, to_app_error
 from agent_service.errors import AppError, ValidationFailed
-from agent_service.kit import serializer
+from agent_service.kit import serializer, tracing
 from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
 from agent_service.logging import get_logger
@@ -92,16 +92,18 @@ async def enqueue(
     return accepted, False
 
 
+@tracing.traced("enqueue agent job", kind="producer")
 async def _enqueue(
     deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
     request_id: str | None, tier: str,
 ) -> TaskAccepted:
     task_id = uuid.uuid4().hex
     kind = queue.KIND_STREAM if req.stream else queue.KIND_INVOKE
+    tracing.annotate(task_id=task_id, agent=agent.name, kind=kind)
     payload = AgentJob(
         task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
         metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
-        tier=tier,
+        tier=tier, traceparent=tracing.traceparent(),
     )
     job = msgspec.to_builtins(payload)
     if not serializer.storable(job):
