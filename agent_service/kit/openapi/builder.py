@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from agent_service.kit import context
 from agent_service.kit.endpoint import Docs, EndpointSpec, Public, endpoint, spec_of
-from agent_service.kit.openapi import components
+from agent_service.kit.openapi import components, streams
 from agent_service.kit.openapi.operations import operation
 from agent_service.kit.openapi.texts import DESCRIPTION, SCOPES, TAGS
 from agent_service.kit.schemas import Problem
@@ -76,6 +76,15 @@ def _component_types(operations: list[tuple[str, str, EndpointSpec]]) -> list[ty
     return list(seen.values())
 
 
+def _schemas(operations: list[tuple[str, str, EndpointSpec]]) -> dict[str, dict[str, Any]]:
+    """The Structs' schemas, and one `Sse<Event>` per event type a stream carries."""
+    found = components.schemas(_component_types(operations))
+    for _, _, spec in operations:
+        for event in spec.docs.events:
+            found[streams.component_name(event)] = streams.event_schema(event)
+    return found
+
+
 def _check_links(paths: dict[str, dict[str, Any]]) -> None:
     """A link to an operation that is not in the document is a bug of the Docs that declare it."""
     ids = {op["operationId"] for ops in paths.values() for op in ops.values()}
@@ -112,7 +121,7 @@ def build_spec(routes: list[BaseRoute], *, server_url: str | None = None) -> dic
         "tags": TAGS,
         "paths": paths,
         "components": {
-            "schemas": dict(sorted(components.schemas(_component_types(operations)).items())),
+            "schemas": dict(sorted(_schemas(operations).items())),
             "securitySchemes": SECURITY_SCHEMES,
         },
     }

@@ -131,8 +131,8 @@ def _responses(spec: EndpointSpec) -> dict[str, Any]:
                                                                                  "string")}
         responses[str(extra)] = extra_ok
     errors = set(docs.errors) | set(ALWAYS)
-    if isinstance(spec.auth, Scoped):
-        errors |= {401, 403}
+    if isinstance(spec.auth, Scoped):  # 400: both credentials sent (conflicting_credentials)
+        errors |= {400, 401, 403}
     if spec.limits is not None:
         errors.add(429)
     for code in sorted(errors):

@@ -1,10 +1,12 @@
 """How a Server-Sent Events answer is described under OpenAPI 3.1.
 
-The body is a string of media type `text/event-stream` (so generated clients hand it over raw,
-never try to parse it as one JSON object); `contentSchema` says what it decodes to: a sequence of
-events, each with its SSE name (the Struct's tag), an optional `id`, and `data` that is JSON of
-that event's component schema. OpenAPI 3.2 calls the same item schema `itemSchema`; 3.1 tools
-(validators, linters, generators) know only `schema`.
+OpenAPI 3.1 has no `itemSchema` (3.2 does); by the convention tools follow before 3.2
+(schemathesis validates every event with it), the `schema` of a `text/event-stream` answer
+describes one event. Each event is a component `Sse<Event>`: its SSE name (the Struct's tag), an
+optional `id`, and `data` that is JSON of the event's own component schema (`contentMediaType` +
+`contentSchema`). One more alternative, a string, is the stream as raw text: what a client that
+does not decode SSE receives (openapi-python-client then hands the body over as text, where a
+oneOf of objects alone made it parse the stream as one JSON object and crash).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from agent_service.kit.openapi.examples import example_for
 
 MEDIA = "text/event-stream"
 DESCRIPTION = (
-    "A stream of Server-Sent Events: blocks of `event:`, `id:` (where resumable) and `data:` lines, "
-    "each `data` a JSON document whose `type` is the event name. The stream may start with a `retry:` "
-    "field and carries `: keep-alive` comment lines; it ends when the server closes it."
+    "One Server-Sent Event: `event:`, `id:` (where resumable) and `data:` lines, the `data` a JSON "
+    "document whose `type` is the event name. The stream may start with a `retry:` field and carries "
+    "`: keep-alive` comment lines; it ends when the server closes it. Undecoded, the stream is a string."
 )
+RAW = {"type": "string", "title": "Raw event stream", "description": "The whole stream as text, undecoded."}
 
 
 def _name(event: type) -> str:
@@ -30,9 +33,15 @@ def _name(event: type) -> str:
     return tag if isinstance(tag, str) else "message"
 
 
-def _item(event: type) -> dict[str, Any]:
+def component_name(event: type) -> str:
+    return "Sse" + event.__name__
+
+
+def event_schema(event: type) -> dict[str, Any]:
+    """The component describing one SSE event carrying `event` as its data."""
     return {
-        "title": f"{_name(event)} event",
+        "title": component_name(event),
+        "description": f"The `{_name(event)}` event; its `data` is a JSON `{event.__name__}`.",
         "type": "object",
         "required": ["event", "data"],
         "properties": {
@@ -50,14 +59,10 @@ def _block(event: type) -> str:
 
 def media(events: tuple[type, ...]) -> dict[str, Any]:
     """The `content` entry of a streaming answer carrying `events`."""
+    alternatives = [{"$ref": REF.format(name=component_name(e))} for e in events]
     return {
         MEDIA: {
-            "schema": {
-                "type": "string",
-                "description": DESCRIPTION,
-                "contentMediaType": MEDIA,
-                "contentSchema": {"type": "array", "items": {"oneOf": [_item(e) for e in events]}},
-            },
+            "schema": {"description": DESCRIPTION, "oneOf": [*alternatives, RAW]},
             "examples": {"example": {"value": "".join(_block(e) for e in events[:2])}},
         }
     }
