@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -88,13 +88,15 @@ class _Snapshot(Collector):
                                     labels=["worker_id"])
         for w in sorted(workers, key=lambda w: w.get("worker_id", "")):
             wid = w.get("worker_id", "")
+            now = self._d.now or datetime.now(UTC)
             try:
-                beat = datetime.fromisoformat(w["last_heartbeat"])
-            except (KeyError, ValueError):
-                continue  # a half-written hash: its next beat completes it
-            if self._d.now is not None:
-                age.add_metric([wid], max(0.0, (self._d.now - beat).total_seconds()))
-            running.add_metric([wid], float(w.get("running", 0) or 0))
+                # another host's clock may run ahead: never a negative age
+                since = max(0.0, (now - datetime.fromisoformat(w["last_heartbeat"])).total_seconds())
+                busy = float(w.get("running") or 0)
+            except (KeyError, ValueError, TypeError):
+                continue  # a hash not (yet) as a worker writes it: its next beat rewrites it
+            age.add_metric([wid], since)
+            running.add_metric([wid], busy)
         yield age
         yield running
 
