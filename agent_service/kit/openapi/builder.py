@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document, built once from the routes and their msgspec Structs.
+"""The OpenAPI 3.1 document, built once with apispec from the routes and their msgspec Structs.
 
 Operations come from the Starlette route table (each route's typed `EndpointSpec`, the same
 object that enforces its auth and limits), component schemas from
@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Any
 
 import msgspec
+from apispec import APISpec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -108,23 +109,22 @@ def build_spec(routes: list[BaseRoute], *, server_url: str | None = None) -> dic
         used.add(op_id)
         paths.setdefault(path, {})[method] = operation(path, op_spec, op_id)
     _check_links(paths)
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Agent Service",
-            "version": _version(),
-            "description": DESCRIPTION,
-            "contact": {"name": "agent-service maintainers"},
-            "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
-        },
-        "servers": [{"url": (server_url or "").rstrip("/") or "/", "description": "This service"}],
-        "tags": TAGS,
-        "paths": paths,
-        "components": {
-            "schemas": dict(sorted(_schemas(operations).items())),
-            "securitySchemes": SECURITY_SCHEMES,
-        },
-    }
+    # apispec assembles the document (and checks each component and path as it is added); the
+    # operation and schema dictionaries it is given are ours, built from the EndpointSpecs
+    spec = APISpec(
+        title="Agent Service", version=_version(), openapi_version="3.1.0",
+        info={"description": DESCRIPTION, "contact": {"name": "agent-service maintainers"},
+              "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
+        servers=[{"url": (server_url or "").rstrip("/") or "/", "description": "This service"}],
+        tags=TAGS,
+    )
+    for name, schema in sorted(_schemas(operations).items()):
+        spec.components.schema(name, schema)
+    for name, scheme in SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
+    for path, ops in paths.items():
+        spec.path(path=path, operations=ops)
+    return spec.to_dict()
 
 
 @endpoint(auth=Public(), docs=Docs(
