@@ -60,9 +60,12 @@ def refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
 # --- 10. production unless told otherwise; development only on this machine -------------------------------
 
 @pytest.mark.parametrize("command", ["web", "worker", "migrate"])
-def test_with_no_app_env_a_service_command_is_production_and_names_what_is_missing(tmp_path: Path,
+def test_with_no_app_env_a_service_command_is_production_and_names_what_is_missing(tmp_path: Path, redis_url: str,
                                                                                    command: str) -> None:
     refused(cli(tmp_path, command), "REDIS_URL")
+    # given a Redis it still wants the PostgreSQL every machine of a deployment shares, not a local file
+    refused(cli(tmp_path, command, REDIS_URL=redis_url), "DATABASE_URL")
+    assert not (tmp_path / "var").exists()
 
 
 def test_production_web_with_its_stores_still_needs_a_jwt_secret(tmp_path: Path) -> None:
