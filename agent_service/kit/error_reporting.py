@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -113,18 +113,21 @@ def shutdown(timeout: float = 2.0) -> None:
     sentry_sdk.get_client().close(timeout=timeout)
 
 
-@contextmanager
-def job_tags(**tags: str | None) -> Iterator[None]:
+def job_tags(**tags: str | None) -> AbstractContextManager[None]:
     """Around a job: an exception leaving it carries the job's tags, for the report arq makes of it
     after the job's own context (where the log fields live) is gone."""
+    return _tagging(tags) if _state else nullcontext()
+
+
+@contextmanager
+def _tagging(tags: dict[str, str | None]) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if _state:
-            try:
-                setattr(exc, _TAGS_ATTR, {k: v for k, v in tags.items() if v is not None})
-            except (AttributeError, TypeError):  # an exception type that takes no attributes
-                pass
+        try:
+            setattr(exc, _TAGS_ATTR, {k: v for k, v in tags.items() if v is not None})
+        except (AttributeError, TypeError):  # an exception type that takes no attributes
+            pass
         raise
 
 
