@@ -277,3 +277,15 @@ class Browser:
                     await page.send("Browser.close", timeout=5)  # a clean exit first; kill() is the backstop
                 await page.close()
             browser.kill()
+
+
+def require_chromium() -> str:
+    """The browser binary for a browser test: skip without one, unless CI=true, where that fails."""
+    import pytest  # here: the driver itself does not need pytest
+
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium binary: run scripts/install-chromium (as root)")
+        pytest.skip("no chromium binary on PATH: run scripts/install-chromium (as root) for the browser tests")
+    return binary
