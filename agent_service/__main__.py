@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _development_where_meant(args.command, _with_dev_redis(load_settings()))
-        if args.command in ("dev", "web"):
-            settings.check_bind()
         if args.command == "web":
             overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
             settings = msgspec.structs.replace(settings, **overrides)
+        if args.command in ("dev", "web"):
+            settings.check_bind()  # after --host: the address that will really be bound
         if args.command == "enqueue":
             return enqueue_cli.main(settings, args)
         if args.command == "create-user":

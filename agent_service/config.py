@@ -168,8 +168,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if "*" in origins and len(origins) > 1:
             raise ValueError("CORS_ORIGINS is either `*` or a list of origins, not both")
         for origin in origins:
-            if origin != "*" and (urlsplit(origin).scheme not in ("http", "https") or urlsplit(origin).path):
-                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]: no path, query, "
+                                 "fragment or user)")
         if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
             raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
 
@@ -197,6 +198,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_dev(self) -> bool:
         return self.app_env != "production"
+
+
+def _is_origin(value: str) -> bool:
+    """What a browser sends as `Origin`: scheme, host and optional port, nothing else."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (parsing the port is the check)
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path and not parts.query
+            and not parts.fragment and "@" not in parts.netloc and "?" not in value and "#" not in value)
 
 
 def _loopback(host: str) -> bool:

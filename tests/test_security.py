@@ -132,11 +132,6 @@ async def starting_line(database_url: str | None, racers: int) -> AsyncIterator[
 
 async def test_concurrent_mints_never_pass_the_cap(make_settings: Callable[..., Settings], database_url: str | None,
                                                    request: pytest.FixtureRequest) -> None:
-    if database_url is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "identity/repository.py create_key counts live keys in the INSERT ... SELECT itself, but on "
-            "PostgreSQL (READ COMMITTED) concurrent statements do not see each other's uncommitted rows: "
-            "3 or 4 of 10 racing mints succeed where the cap leaves room for 2")))
     # a pool with room for every racer: one waiting for a connection would never reach the line
     async with app_client(make_settings(max_api_keys_per_user=3, db_pool_max=20)) as c:
         for round_ in range(15):  # a lost race shows in ~40% of rounds on PostgreSQL: 15 make it certain

@@ -141,18 +141,7 @@ def bare(c: Client) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=c.app), base_url="http://testserver")
 
 
-PRE_ENDPOINT = pytest.mark.xfail(strict=True, reason=(
-    "kit/endpoint.py sets Cache-Control: no-store only once the caller is known, in scope and within its "
-    "limit: a 401 (from the auth middleware, app.py _auth_error, or _guarded's missing credentials), the 400 "
-    "conflicting_credentials, a 403 insufficient_scope and a 429 rate_limited of an authenticated route go "
-    "without it"))
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param("missing credentials", marks=PRE_ENDPOINT), pytest.param("bad key", marks=PRE_ENDPOINT),
-    pytest.param("both credentials", marks=PRE_ENDPOINT), pytest.param("scope", marks=PRE_ENDPOINT),
-    pytest.param("rate limited", marks=PRE_ENDPOINT),
-])
+@pytest.mark.parametrize("case", ["missing credentials", "bad key", "both credentials", "scope", "rate limited"])
 @pytest.mark.sqlite_only  # headers, no SQL
 async def test_refusals_of_an_authenticated_route_are_no_store_too(make_settings: Callable[..., Settings],
                                                                    case: str) -> None:
@@ -172,9 +161,6 @@ async def test_refusals_of_an_authenticated_route_are_no_store_too(make_settings
         assert answer.headers.get("cache-control") == "no-store", (answer.status_code, answer.headers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kit/endpoint.py keeps a response's own Cache-Control: the SSE responses of /agents/{id}/stream (and the "
-    "task event streams) keep kit/sse.py's `no-cache` (storable, revalidated) instead of `no-store`"))
 @pytest.mark.sqlite_only  # headers, no SQL
 async def test_a_streamed_answer_is_no_store(client: Client) -> None:
     async with client.stream("POST", "/api/v1/agents/echo/stream", json={"message": "private words"}) as resp:

@@ -88,9 +88,6 @@ def test_development_serves_loopback_only(tmp_path: Path, redis_url: str, host: 
     assert not (tmp_path / "var" / "redis").exists()  # refused before its valkey was started
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "__main__.py calls settings.check_bind() before applying `web --host/--port`: `APP_ENV=development "
-    "python -m agent_service web --host 0.0.0.0` starts and listens on every interface"))
 def test_development_serves_loopback_only_when_the_host_comes_from_the_command_line(tmp_path: Path,
                                                                                     redis_url: str) -> None:
     port = str(free_port())

@@ -118,11 +118,15 @@ async def create_key(db: Database, *, key_id: str, user_id: str, name: str, key_
     if max_live is None:
         await db.execute(columns + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         return True
-    inserted = await db.execute(
-        columns + " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM api_keys WHERE user_id = ?"
-        " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)) < ?",
-        (*row, user_id, iso(now), max_live),
-    )
+    async with db.transaction() as tx:
+        # the user's row is the lock (BEGIN IMMEDIATE on SQLite, FOR UPDATE on PostgreSQL): under
+        # READ COMMITTED, concurrent counts would not see each other's new keys
+        await tx.fetchone(f"SELECT id FROM users WHERE id = ?{db.for_update}", (user_id,))
+        inserted = await tx.execute(
+            columns + " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM api_keys WHERE user_id = ?"
+            " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)) < ?",
+            (*row, user_id, iso(now), max_live),
+        )
     return inserted == 1
 
 

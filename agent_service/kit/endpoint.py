@@ -155,9 +155,6 @@ def _guarded(endpoint_fn: Endpoint, spec: EndpointSpec) -> Endpoint:
         if spec.limits is not None:
             check: LimitCheck = request.app.state.limit_check
             limit_headers = await check(request, spec.limits, caller)
-        if isinstance(spec.auth, Scoped):
-            # an authenticated answer is the caller's: no shared cache may keep it
-            limit_headers["Cache-Control"] = "no-store"
         try:
             response = await endpoint_fn(request)
         except AppError as exc:

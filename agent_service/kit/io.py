@@ -65,12 +65,28 @@ def read_query(request: Request, typ: type[T]) -> T:
     for key, value in request.query_params.multi_items():
         params[key] = value if key not in params else [*([params[key]] if not isinstance(params[key], list)
                                                         else params[key]), value]
+    # lenient conversion would read `?until=null` as "no until": a parameter is given or absent
+    odd = [{"path": f"query.{k}", "message": "`null` is not a value; leave the parameter out"}
+           for k, v in params.items() if v == "null"]
+    # and would take `?until=0.5` for a Unix time: a time here is RFC 3339, as documented
+    odd += [{"path": f"query.{k}", "message": "Expected an RFC 3339 date-time"}
+            for k in _datetime_fields(typ) if isinstance(params.get(k), str) and not _RFC3339.match(params[k])]
+    if odd:
+        raise ValidationFailed("The query parameters are invalid.", errors=odd)
     try:
         return msgspec.convert(params, typ, strict=False)
     except msgspec.ValidationError:
         errors = [{"path": "query" + e["path"][1:], "message": e["message"]}
                   for e in _lenient_errors(params, typ)]
         raise ValidationFailed("The query parameters are invalid.", errors=errors) from None
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+@functools.cache
+def _datetime_fields(typ: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f.encode_name for f in msgspec.structs.fields(typ) if "datetime" in repr(f.type))
 
 
 def _lenient_errors(obj: dict[str, Any], typ: type[msgspec.Struct]) -> list[dict[str, str]]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 
 import structlog
 from starlette.datastructures import MutableHeaders
-from starlette.routing import BaseRoute, Mount, Route, compile_path
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent_service.kit import route_table
 from agent_service.kit.problems import internal_error
 from agent_service.logging import get_logger
 
@@ -34,6 +34,7 @@ def request_id_from(scope: Scope) -> str:
 
 
 UNMATCHED = "<unmatched>"
+PRIVATE_PREFIX = "/api/"
 # called once per request with its scope and final status (the app wires the audit log here)
 OnFinish = Callable[[Scope, int], None]
 
@@ -48,52 +49,11 @@ def route_template(scope: Scope) -> str:
     """
     matched = scope.get("route")
     if matched is None:
-        return _lookup(scope)
+        return route_table.template_for(scope) or UNMATCHED
     path = getattr(matched, "path", None)
     if path is None or isinstance(matched, Mount):
         return UNMATCHED
     return f"{scope.get('root_path', '')}{path}"
-
-
-# per app: every route's full template (mount prefixes joined), its compiled pattern and methods,
-# built on the first request that needs them; a lookup is then one regex match per route
-Templates = tuple[tuple[re.Pattern[str], str, frozenset[str] | None], ...]
-_TEMPLATES: weakref.WeakKeyDictionary[object, Templates] = weakref.WeakKeyDictionary()
-
-
-def _flatten(routes: Sequence[BaseRoute], prefix: str = "") -> Templates:
-    found: list[tuple[re.Pattern[str], str, frozenset[str] | None]] = []
-    for r in routes:
-        if isinstance(r, Mount):
-            found += _flatten(r.routes, prefix + r.path)
-        elif isinstance(r, Route):
-            found.append((compile_path(prefix + r.path)[0], prefix + r.path,
-                          frozenset(r.methods) if r.methods else None))
-    return tuple(found)
-
-
-def _lookup(scope: Scope) -> str:
-    """The route the router would pick: the first whose path and method match, else the first
-    whose path matches (a 405 there); unmatched when no path matches."""
-    app = scope.get("app")
-    routes = getattr(app, "routes", None)
-    if app is None or routes is None:
-        return UNMATCHED
-    table = _TEMPLATES.get(app)
-    if table is None:
-        table = _TEMPLATES[app] = _flatten(routes)
-    root: str = scope.get("root_path", "")
-    path: str = scope.get("path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    method = scope.get("method", "")
-    partial = None
-    for pattern, template, methods in table:
-        if pattern.match(path):
-            if methods is None or method in methods:
-                return f"{root}{template}"
-            partial = partial or template
-    return UNMATCHED if partial is None else f"{root}{partial}"
 
 
 class RequestContextMiddleware:
@@ -111,13 +71,19 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        private = scope.get("path", "").startswith(PRIVATE_PREFIX)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                if private:
+                    # every API answer is someone's (and a refusal names their request): no shared
+                    # cache may keep it, whichever layer answered (auth, limits, endpoint, stream)
+                    headers["Cache-Control"] = "no-store"
             await send(message)
 
         try:

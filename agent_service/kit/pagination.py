@@ -72,7 +72,7 @@ class Keyset(msgspec.Struct, frozen=True, kw_only=True):
     def after(self, cursor: str | None) -> After | None:
         """'Rows after the cursor's row', or None for the first page. `time <= ?` keeps it an index
         range; the OR only breaks ties inside one instant."""
-        if not cursor:
+        if cursor is None:
             return None
         when, last_id = decode(cursor, 2)
         if not isinstance(when, str) or isinstance(last_id, int) != self.int_ids:

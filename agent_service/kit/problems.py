@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from agent_service.errors import AppError
+from agent_service.kit import route_table
 from agent_service.kit.io import json_response
 from agent_service.kit.schemas import FieldError, Problem
 
@@ -43,7 +44,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     phrase = HTTPStatus(exc.status_code).phrase
     code = _HTTP_CODES.get(exc.status_code, phrase.lower().replace(" ", "_"))
     detail = {404: "No such resource.", 405: "Method not allowed on this resource."}.get(exc.status_code, phrase)
-    return problem(request.scope, exc.status_code, code, phrase, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := route_table.methods_for(request.scope)):
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return problem(request.scope, exc.status_code, code, phrase, detail, headers=headers)
 
 
 def internal_error(scope: Scope) -> Response:

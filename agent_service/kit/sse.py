@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from agent_service.errors import AppError
 
 _json = msgspec.json.Encoder()
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keep-alive\n\n"
 
 

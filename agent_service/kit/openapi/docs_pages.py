@@ -47,6 +47,10 @@ REDOC_HTML = """<!doctype html>
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
+# Swagger UI's redirect page is one inline script that hands the result to its opener
+REDIRECT_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; base-uri 'none'; "
+                    "form-action 'none'; frame-ancestors 'none'"}
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
            "Referrer-Policy": "no-referrer"}
 
@@ -104,7 +108,7 @@ async def asset(request: Request) -> Response:
 async def oauth2_redirect(request: Request) -> Response:
     return Response((swagger_ui.static_path / "oauth2-redirect.html").read_bytes() if
                     (swagger_ui.static_path / "oauth2-redirect.html").exists() else b"<!doctype html>",
-                    media_type="text/html")
+                    media_type="text/html", headers=REDIRECT_HEADERS)
 
 
 routes = [
