@@ -175,6 +175,15 @@ async def test_last_event_id_in_the_query_resumes_and_the_header_wins(client: Cl
     assert_problem(bad, 422)
 
 
+
+@pytest.mark.xfail(strict=True, reason="the OpenAPI operation of GET /agents/tasks/{task_id}/events lists only "
+                   "task_id and the Last-Event-ID header: `?token=` and `?last_event_id=` are served but not "
+                   "documented, so a generated client cannot send them")
+async def test_the_events_route_documents_its_query_parameters(client: Client) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    operation = spec["paths"][f"{TASKS}/{{task_id}}/events"]["get"]
+    assert {("token", "query"), ("last_event_id", "query")} <= {(p["name"], p["in"]) for p in operation["parameters"]}
+
 # ---------------------------------------------------------------- real uvicorn and a worker
 
 @pytest.fixture
@@ -306,7 +315,7 @@ async def test_an_event_source_of_another_origin_follows_a_task(chromium: str, s
     else:
         assert reconnects and all(r.data["reason"] == "max_lifetime" for r in reconnects), every
         assert seen["connectionErrors"] == ["reconnecting"] * len(reconnects), seen["connectionErrors"]
-    assert errors == [] and cors_complaints(errors) == [], errors
+    assert errors == [], errors  # no CORS complaint, nor any failed load
     print(f"cross-origin EventSource: {len(every)} events, {len(reconnects)} reconnects, "
           f"{time.monotonic() - started:.1f}s")
 
