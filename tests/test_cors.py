@@ -164,16 +164,9 @@ async def test_every_documented_operation_can_be_preflighted(cors: Client) -> No
 
 
 @pytest.mark.parametrize("value", ["https://x.com/path", "*,https://a.com", "https://a.com, *", "x.com",
-                                   "ftp://x.com", "https://a.com/app/"])
+                                   "ftp://x.com", "https://a.com/app/", "https://", "https://a.com?x=1",
+                                   "https://a.com#top", "https://user@a.com", "https://a.com:port"])
 def test_a_value_that_is_not_an_allow_list_stops_the_start(value: str) -> None:
-    with pytest.raises(ConfigError, match="CORS_ORIGINS"):
-        load_settings({**TEST_ENV, "CORS_ORIGINS": value}, env_file=None)
-
-
-@pytest.mark.xfail(strict=True, reason="config.py checks only the scheme and the path of a CORS_ORIGINS entry: "
-                   "no host, a query, a fragment or user info pass as an origin that can never match")
-@pytest.mark.parametrize("value", ["https://", "https://a.com?x=1", "https://a.com#top", "https://user@a.com"])
-def test_a_url_that_is_no_origin_stops_the_start(value: str) -> None:
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         load_settings({**TEST_ENV, "CORS_ORIGINS": value}, env_file=None)
 
