@@ -161,14 +161,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.stream_job_soft_time_limit >= self.stream_job_time_limit:
             raise ValueError("STREAM_JOB_SOFT_TIME_LIMIT must be below STREAM_JOB_TIME_LIMIT")
         if self.redis_url is not None:
-            _check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+            check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         if self.database_url is not None:
-            _check_url("DATABASE_URL", self.database_url, ("postgresql", "postgres"))
+            check_url("DATABASE_URL", self.database_url, ("postgresql", "postgres"))
         origins = self.cors_origin_list
         if "*" in origins and len(origins) > 1:
             raise ValueError("CORS_ORIGINS is either `*` or a list of origins, not both")
         for origin in origins:
-            if origin != "*" and not _is_origin(origin):
+            if origin != "*" and not is_origin(origin):
                 raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]: no path, query, "
                                  "fragment or user)")
         if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
@@ -191,7 +191,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def check_bind(self) -> None:
         """Development defaults (a generated secret, uncapped demo agent) are for this machine only."""
-        if self.app_env == "development" and not _loopback(self.host):
+        if self.app_env == "development" and not is_loopback(self.host):
             raise ConfigError(f"development mode listens on loopback only (HOST={self.host}); use HOST=127.0.0.1, "
                               "or APP_ENV=production with its required settings to serve other machines")
 
@@ -200,7 +200,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.app_env != "production"
 
 
-def _is_origin(value: str) -> bool:
+def is_origin(value: str) -> bool:
     """What a browser sends as `Origin`: scheme, host and optional port, nothing else."""
     parts = urlsplit(value)
     try:
@@ -211,16 +211,14 @@ def _is_origin(value: str) -> bool:
             and not parts.fragment and "@" not in parts.netloc and "?" not in value and "#" not in value)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def is_loopback(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+def check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in schemes:
         raise ValueError(f"{name} must start with {' or '.join(s + '://' for s in schemes)} "

@@ -36,6 +36,7 @@ from tests.support.databases import (
     external_url,
 )
 from tests.support.environment import TEST_ENV
+from tests.support.jwks_server import AUDIENCE, ISSUER, JwksServer
 from tests.support.processes import Live, Process, bootstrap_user, service_argv
 from tests.support.waiting import wait_http_ok
 
@@ -232,3 +233,17 @@ def live_service(env: dict[str, str], spawn: Callable[..., Process]) -> Iterator
     base = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{base}/health/ready", on_fail=lambda: web.output()[-3000:] + worker.output()[-3000:])
     yield Live(base, web, worker, api_key)
+
+
+# an external OIDC issuer (RS256 over a real JWKS endpoint) and an app that trusts it
+@pytest.fixture
+def idp() -> Iterator[JwksServer]:
+    with JwksServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def oidc_client(make_settings: Callable[..., Settings], idp: JwksServer) -> AsyncIterator[Client]:
+    settings = make_settings(jwt_jwks_url=idp.url, jwt_external_issuer=ISSUER, jwt_external_audience=AUDIENCE)
+    async with app_client(settings) as c:
+        yield c

@@ -10,7 +10,7 @@ import secrets
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,26 +24,27 @@ from agent_service.config import Settings
 from agent_service.errors import ConfigError
 from tests.support.apps import Client, add_user, app_client
 from tests.support.environment import TEST_ENV
+from tests.support.identity import (
+    KEYS,
+    ME,
+    PASSWORD,
+    TOKEN,
+    USERS,
+    Person,
+    bearer,
+    key_header,
+    login,
+    me,
+    mint,
+    person,
+)
 from tests.support.jwks_server import AUDIENCE, ISSUER, JwksServer
 from tests.support.problems import assert_problem
 
 SECRET = TEST_ENV["JWT_SECRET"]
-ME = "/api/v1/auth/me"
-TOKEN = "/api/v1/auth/token"
-KEYS = "/api/v1/api-keys"
-USERS = "/api/v1/users"
-PASSWORD = "alice's long password"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def key_header(key: str) -> dict[str, str]:
-    return {"X-API-Key": key}
-
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
@@ -74,47 +75,6 @@ def refused(resp: httpx.Response, status: int, code: str, case: object = None) -
         return assert_problem(resp, status, code)
     except AssertionError as exc:
         raise AssertionError(f"case {case!r}: {exc}") from None
-
-
-async def login(client: Client, email: str, password: str) -> dict[str, Any]:
-    resp = await client.post(TOKEN, json={"email": email, "password": password})
-    assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-async def me(client: Client, headers: dict[str, str]) -> dict[str, Any]:
-    resp = await client.get(ME, headers=headers)
-    assert resp.status_code == 200, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-async def mint(client: Client, headers: dict[str, str], scopes: list[str], **extra: Any) -> dict[str, Any]:
-    resp = await client.post(KEYS, json={"name": "k", "scopes": scopes, **extra}, headers=headers)
-    assert resp.status_code == 201, resp.text
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-class Person:
-    def __init__(self, email: str, key: str, user_id: str, tokens: dict[str, Any]) -> None:
-        self.email, self.key, self.user_id, self.tokens = email, key, user_id, tokens
-
-    @property
-    def jwt(self) -> dict[str, str]:
-        return bearer(self.tokens["access_token"])
-
-    @property
-    def api_key(self) -> dict[str, str]:
-        return key_header(self.key)
-
-
-async def person(client: Client, name: str, *, admin: bool = False, **kw: Any) -> Person:
-    email = f"{name}@example.com"
-    key = await add_user(client.app, email, admin=admin, password=PASSWORD, **kw)
-    tokens = await login(client, email, PASSWORD)
-    return Person(email, key, (await me(client, key_header(key)))["user_id"], tokens)
 
 
 @pytest.fixture
@@ -275,19 +235,6 @@ async def test_token_of_an_unknown_user_is_401(client: Client) -> None:
 
 
 # --- external issuer (JWKS) --------------------------------------------------------------------------
-
-@pytest.fixture
-def idp() -> Any:
-    with JwksServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def oidc_client(make_settings: Callable[..., Settings], idp: JwksServer) -> AsyncIterator[Client]:
-    settings = make_settings(jwt_jwks_url=idp.url, jwt_external_issuer=ISSUER, jwt_external_audience=AUDIENCE)
-    async with app_client(settings) as c:
-        yield c
-
 
 async def test_rs256_token_from_the_external_issuer_is_accepted(oidc_client: Client, idp: JwksServer) -> None:
     who = await me(oidc_client, bearer(idp.sign()))

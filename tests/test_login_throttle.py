@@ -14,11 +14,11 @@ import pytest
 
 from agent_service.config import Settings
 from tests.support.apps import Client, add_user, app_client
+from tests.support.clock import FakeClock
+from tests.support.identity import PASSWORD, TOKEN
 from tests.support.problems import assert_problem
 from tests.support.processes import E2E_PASSWORD, Live, bootstrap_user
 from tests.support.waiting import wait_until
-from tests.test_auth import PASSWORD, TOKEN
-from tests.test_sessions import FakeClock
 
 pytestmark = pytest.mark.sqlite_only  # the throttle is Redis's: no SQL in what it decides
 

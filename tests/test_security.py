@@ -21,14 +21,11 @@ from agent_service.config import Settings
 from agent_service.identity import accounts
 from agent_service.identity import repository as identity_repo
 from agent_service.identity.schemas import USER_SCOPES
-from tests import test_auth
 from tests.support.apps import Client, add_user, app_client
+from tests.support.identity import KEYS, ME, PASSWORD, bearer, key_header, login, me, mint, person
 from tests.support.jwks_server import KID, JwksServer
 from tests.support.problems import assert_problem
 from tests.support.waiting import wait_for
-from tests.test_auth import KEYS, ME, PASSWORD, bearer, key_header, login, me, mint, person
-
-idp, oidc_client = test_auth.idp, test_auth.oidc_client  # its fixtures: an external issuer and an app trusting it
 
 AGENTS = "/api/v1/agents"
 

@@ -19,8 +19,8 @@ from agent_service.audit.failures import FailureAggregator
 from agent_service.audit.schemas import AuditEntry
 from agent_service.config import Settings
 from tests.support.apps import Client, app_client
+from tests.support.identity import ME, USERS, key_header
 from tests.support.problems import assert_problem
-from tests.test_auth import ME, USERS, key_header
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from agent_service.cli.embedded import free_port
+from tests.support.identity import KEYS, ME, TOKEN, USERS, bearer, key_header
 from tests.support.problems import assert_problem
 from tests.support.processes import E2E_PASSWORD, Live, Process, bootstrap_user
 from tests.support.waiting import wait_http_ok, wait_until
-from tests.test_auth import KEYS, ME, TOKEN, USERS, bearer, key_header
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sqlite_only]  # child processes; nothing here is about SQL
 FREE, ENTERPRISE, BAD_CREDENTIALS_PER_IP = 200, 5000, 150

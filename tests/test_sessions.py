@@ -15,20 +15,10 @@ from agent_service.sessions import repository as session_store
 from agent_service.sessions.jobs import cleanup_expired_sessions
 from agent_service.sessions.schemas import ChatMessage, SessionQuery
 from agent_service.sessions.service import SessionService, make_title
+from tests.support.clock import FakeClock
 from tests.support.databases import TestDatabase
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
