@@ -145,9 +145,6 @@ async def test_an_expired_token_is_refused(client: Client, anonymous: httpx.Asyn
                    "stream_token_expired")
 
 
-@pytest.mark.xfail(strict=True, reason="identity/tokens.py verify_stream_token checks `exp` against the wall "
-                   "clock (jwt.decode), not Deps.clock as bearer tokens do: moving the app's clock past the TTL "
-                   "leaves the token valid")
 async def test_a_token_expires_by_the_apps_clock(client: Client, anonymous: httpx.AsyncClient,
                                                  settings: Settings) -> None:
     task_id = await done_task(client)
@@ -176,9 +173,6 @@ async def test_last_event_id_in_the_query_resumes_and_the_header_wins(client: Cl
 
 
 
-@pytest.mark.xfail(strict=True, reason="the OpenAPI operation of GET /agents/tasks/{task_id}/events lists only "
-                   "task_id and the Last-Event-ID header: `?token=` and `?last_event_id=` are served but not "
-                   "documented, so a generated client cannot send them")
 async def test_the_events_route_documents_its_query_parameters(client: Client) -> None:
     spec = (await client.get("/openapi.json")).json()
     operation = spec["paths"][f"{TASKS}/{{task_id}}/events"]["get"]

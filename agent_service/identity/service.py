@@ -120,7 +120,7 @@ async def principal_from_bearer(deps: Deps, token: str) -> Principal:
 async def principal_from_stream_token(deps: Deps, token: str, task_id: str) -> Principal:
     """The caller behind `?token=` on one task's events route: read-only, and only that task."""
     kit = deps.part(AuthKit.of)
-    user_id = verify_stream_token(deps.settings, kit.secret, token, task_id=task_id)
+    user_id = verify_stream_token(deps.settings, kit.secret, token, task_id=task_id, now=deps.clock())
     user = await repo.get_user(deps.db, user_id)
     if user is None or not user.is_active:
         raise Unauthorized("The account behind this token is not active.", code="inactive_user")

@@ -18,6 +18,7 @@ from agent_service.kit.io import json_response, read_json, read_query
 from agent_service.tasks import follow, service
 from agent_service.tasks.schemas import (
     ChunkEvent,
+    EventsQuery,
     ProgressEvent,
     StateEvent,
     TaskAccepted,
@@ -147,7 +148,7 @@ async def cancel_task(request: Request) -> Response:
     docs=Docs(
         summary="Follow a task live", tag="Background Jobs", errors=(401, 403, 404, 422, 429, 503),
         events=(StateEvent, ProgressEvent, ChunkEvent, follow.ReconnectEvent, sse.StreamError),
-        headers=("Last-Event-ID",),
+        headers=("Last-Event-ID",), query=EventsQuery,
         description="Server-Sent Events of state changes (`state`), `progress` and stream `chunk`s as they "
         "happen, ending when the task ends. Every event has an `id`; reconnect with "
         "`Last-Event-ID` to resume without loss or duplicates. Connecting after the end replays "

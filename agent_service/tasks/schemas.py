@@ -86,6 +86,17 @@ class TaskQuery(PageQuery):
     owner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
+class EventsQuery(msgspec.Struct, kw_only=True):
+    """The events route's query: for EventSource, which can send no headers."""
+
+    token: Annotated[str, msgspec.Meta(
+        max_length=4096, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+        description="A stream token (POST …/stream-token) instead of a credential header.")] | None = None
+    last_event_id: Annotated[str, msgspec.Meta(
+        pattern=r"^\d{1,20}-\d{1,20}$",
+        description="Resume after this event id, as the Last-Event-ID header does (the header wins).")] | None = None
+
+
 class TaskSummary(msgspec.Struct, kw_only=True):
     task_id: str
     state: TaskState
