@@ -1,20 +1,13 @@
-"""Settings: one frozen msgspec Struct, read from the environment (and an optional `.env`).
-
-This is the only module that reads `os.environ`. Each field maps to the upper-case
-environment variable of the same name; a bad value fails at start naming the variable.
-"""
+"""The settings: one frozen msgspec Struct; each field is the upper-case environment variable of
+the same name. Read them with `load_settings` (config/loading.py)."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 import msgspec
 
+from agent_service.config.rules import check_url, is_loopback, is_origin
 from agent_service.errors import ConfigError
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -198,103 +191,3 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_dev(self) -> bool:
         return self.app_env != "production"
-
-
-def is_origin(value: str) -> bool:
-    """What a browser sends as `Origin`: scheme, host and optional port, nothing else."""
-    parts = urlsplit(value)
-    try:
-        parts.port  # noqa: B018  (parsing the port is the check)
-    except ValueError:
-        return False
-    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path and not parts.query
-            and not parts.fragment and "@" not in parts.netloc and "?" not in value and "#" not in value)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in schemes:
-        raise ValueError(f"{name} must start with {' or '.join(s + '://' for s in schemes)} "
-                         f"(got {parts.scheme + '://' if parts.scheme else 'no scheme'})")
-    try:
-        parts.port  # noqa: B018  (parsing the port is the check)
-    except ValueError:
-        raise ValueError(f"{name} has an invalid port") from None
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError(f"{name} names no host")
-    if schemes[0] == "postgresql" and not parts.path.strip("/"):
-        raise ValueError(f"{name} names no database (postgresql://user:password@host:port/DATABASE)")
-
-
-def env_name(field: str) -> str:
-    return field.upper()
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a minimal `.env`: KEY=VALUE lines, `#` comments, optional surrounding quotes."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    return values
-
-
-def _convert(name: str, raw: str, typ: Any) -> Any:
-    if raw == "" and _accepts_none(typ):
-        return None
-    try:
-        return msgspec.convert(raw, typ, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{env_name(name)}={raw!r} is invalid: {exc}") from None
-
-
-def _accepts_none(typ: Any) -> bool:
-    return "None" in repr(typ)
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env", **overrides: Any
-) -> Settings:
-    """Build Settings from `environ` (default: os.environ) over an optional `.env` file.
-
-    Real environment variables win over the file; keyword overrides win over both.
-    """
-    source: dict[str, str] = {}
-    if env_file is not None:
-        source.update(read_env_file(Path(env_file)))
-    source.update(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    for field in msgspec.structs.fields(Settings):
-        key = env_name(field.name)
-        if key in source:
-            values[field.name] = _convert(field.name, source[key], field.type)
-    values.update(overrides)
-    try:
-        return Settings(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def settings_fields() -> list[tuple[str, Any, Any]]:
-    """(ENV_NAME, type, default) for every setting: used to check `.env.example` stays complete."""
-    return [
-        (env_name(f.name), f.type, f.default) for f in msgspec.structs.fields(Settings)
-    ]
