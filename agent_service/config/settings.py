@@ -103,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_external_audience: str | None = None
     default_tier: Literal["free", "pro", "enterprise"] = "free"
     max_api_keys_per_user: PositiveInt = 20  # live (unrevoked) keys a user may hold
+    # s a web process may reuse an API key's or user's row without reading SQL (changes made through the API
+    # reach every process at once over Redis pub/sub; this bounds any other change); 0: read it on every request
+    auth_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     login_failures_before_delay: PositiveInt = 5  # per account, any IP: then each try waits longer
     login_failure_delay_max: PositiveFloat = 60.0  # the longest an account's login is held back, s
     trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
