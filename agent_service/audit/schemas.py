@@ -9,7 +9,8 @@ import msgspec
 
 from agent_service.kit.schemas import Body
 
-AuditAction = Literal["CREATE", "READ", "UPDATE", "DELETE", "EXECUTE", "LOGIN", "LOGOUT", "FAILED_AUTH", "CANCEL"]
+AuditAction = Literal["CREATE", "READ", "UPDATE", "DELETE", "EXECUTE", "LOGIN", "LOGOUT", "FAILED_AUTH", "CANCEL",
+                      "EXPORT"]
 AUDIT_ACTIONS: tuple[str, ...] = get_args(AuditAction)
 
 Actor = Annotated[
