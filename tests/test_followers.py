@@ -3,8 +3,11 @@ web process for all of them, at most STREAM_MAX_PER_USER per user across web pro
 STREAM_MAX_PER_PROCESS per process (429 `too_many_streams`), a maximum lifetime that ends with a
 resumable `reconnect` event, and Redis restarted under open followers.
 
-Real uvicorn processes (and a worker where a task must run) on the session's valkey, or on a stack
-of the test's own when Redis is restarted. SQL plays no part in what is tested: SQLite only.
+The hub's own tests drive a FollowerHub in process on the session's valkey: a follower that joins
+behind the reader's cursor, a new key while the reader is blocked, a slow follower, closing. The
+rest run real uvicorn processes (and a worker where a task must run) on the session's valkey, or
+on a stack of the test's own when Redis is restarted. SQL plays no part in what is tested: SQLite
+only.
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import psutil
 import pytest
 import redis as sync_redis
+import redis.asyncio as aioredis
 
 from agent_service.cli.embedded import free_port
+from agent_service.tasks.hub import Follower, FollowerHub
+from agent_service.tasks.live import TaskLive
+from agent_service.tasks.schemas import ChunkEvent
 from tests.support.environment import ROOT
 from tests.support.faults import Stack
 from tests.support.processes import Process, bootstrap_user
 from tests.support.waiting import wait_for, wait_http_ok
 
-pytestmark = [pytest.mark.e2e, pytest.mark.sqlite_only]
+pytestmark = pytest.mark.sqlite_only
+e2e = pytest.mark.e2e
 
 FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 
@@ -262,6 +271,7 @@ async def opens_again(streams: Streams, url: str, headers: dict[str, str]) -> No
 # --- (a) one reader for many followers ------------------------------------------------------------
 
 
+@e2e
 async def test_thirty_followers_of_one_task_share_one_redis_reader(service: Callable[..., Service]) -> None:
     svc = service(STREAM_MAX_PER_USER="100")
     web = svc.start_web()
@@ -304,6 +314,7 @@ async def test_thirty_followers_of_one_task_share_one_redis_reader(service: Call
 # --- (b)-(d) bounds ----------------------------------------------------------------------------------
 
 
+@e2e
 async def test_per_user_bound_answers_429_and_frees_on_close(service: Callable[..., Service],
                                                              streams: Streams) -> None:
     svc = service(STREAM_MAX_PER_USER="3")
@@ -324,6 +335,7 @@ async def test_per_user_bound_answers_429_and_frees_on_close(service: Callable[.
     assert_too_many(await streams.open(url, alice), bound="per user")
 
 
+@e2e
 async def test_per_user_bound_holds_across_web_processes(service: Callable[..., Service], streams: Streams) -> None:
     svc = service(STREAM_MAX_PER_USER="3")
     one, two = svc.start_web(), svc.start_web()
@@ -338,6 +350,7 @@ async def test_per_user_bound_holds_across_web_processes(service: Callable[..., 
     await opens_again(streams, one.events_url(task_id), alice)
 
 
+@e2e
 async def test_per_process_bound(service: Callable[..., Service], streams: Streams) -> None:
     svc = service(STREAM_MAX_PER_PROCESS="2", STREAM_MAX_PER_USER="10")
     one, two = svc.start_web(), svc.start_web()
@@ -356,6 +369,7 @@ async def test_per_process_bound(service: Callable[..., Service], streams: Strea
 # --- (e) maximum lifetime -------------------------------------------------------------------------------
 
 
+@e2e
 async def test_a_stream_ends_after_its_lifetime_and_resumes_without_gap_or_duplicate(
         service: Callable[..., Service]) -> None:
     svc = service(STREAM_MAX_SECONDS="1")
@@ -385,6 +399,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         s.close()
 
 
+@e2e
 @pytest.mark.slow
 async def test_followers_survive_a_redis_restart_and_resume_with_nothing_lost(stack: Stack) -> None:
     task_id = stack.submit(words(60), stream=True, metadata={"delay": 0.1})
@@ -415,9 +430,101 @@ async def test_followers_survive_a_redis_restart_and_resume_with_nothing_lost(st
     assert results[0].events[-1].data["state"] in FINISHED
 
 
+# --- the hub, in process -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def hub_of(redis_url: str) -> AsyncIterator[Callable[..., FollowerHub]]:
+    """FollowerHubs on the session's valkey (closed afterwards), and their pool for writing."""
+    hubs: list[FollowerHub] = []
+    pool = aioredis.Redis.from_url(redis_url)
+
+    def make(**kwargs: Any) -> FollowerHub:
+        def connect() -> aioredis.Redis:
+            return aioredis.Redis.from_url(redis_url, single_connection_client=True, socket_timeout=10)
+
+        hub = FollowerHub(connect, pool, wake_key=f"t:wake:{uuid.uuid4().hex}", decode=TaskLive.decode,  # type: ignore[arg-type]
+                          block_ms=5000, **kwargs)
+        hubs.append(hub)
+        return hub
+
+    make.pool = pool  # type: ignore[attr-defined]
+    yield make
+    for hub in hubs:
+        await hub.aclose()
+    await pool.aclose()
+
+
+async def append(pool: aioredis.Redis, key: str, *indexes: int) -> list[str]:
+    ids = []
+    for i in indexes:
+        event = ChunkEvent(index=i, content=f"c{i}", attempt=1, progress=50)
+        ids.append((await pool.xadd(key, {"e": msgspec.json.encode(event)})).decode())
+    return ids
+
+
+async def received(follower: Follower, n: int, *, within: float = 2.0) -> list[int]:
+    """The chunk indexes of the next `n` entries handed to `follower` (fail after `within` s: the
+    reader blocks 5 s, so a missed wake-up shows)."""
+    got: list[int] = []
+    async with asyncio.timeout(within):
+        while len(got) < n:
+            got += [e.index for _, e in await follower.next(within) if isinstance(e, ChunkEvent)]
+    return got
+
+
+async def test_hub_a_follower_joining_behind_the_cursor_gets_no_gap_and_the_others_no_duplicate(
+        hub_of: Callable[..., FollowerHub]) -> None:
+    hub, pool = hub_of(), hub_of.pool  # type: ignore[attr-defined]
+    ids = await append(pool, "t:k", 0, 1, 2, 3, 4)
+    ahead = hub.subscribe("t:k", "0")
+    assert await received(ahead, 5) == [0, 1, 2, 3, 4]
+    ids += await append(pool, "t:k", 5)
+    assert await received(ahead, 1) == [5]
+    # the reader's cursor is past 5: a follower at 1 makes it read 2..5 again, for that one only
+    behind = hub.subscribe("t:k", ids[1])
+    assert await received(behind, 4) == [2, 3, 4, 5]
+    await append(pool, "t:k", 6)
+    assert await received(behind, 1) == [6]
+    assert await received(ahead, 1) == [6]  # nothing twice: 6 is the first thing it got since 5
+    assert hub.followers == 2
+    hub.unsubscribe(ahead)
+    hub.unsubscribe(behind)
+    assert hub.followers == 0
+
+
+async def test_hub_wakes_its_blocked_reader_for_a_new_key(hub_of: Callable[..., FollowerHub]) -> None:
+    hub, pool = hub_of(), hub_of.pool  # type: ignore[attr-defined]
+    first = hub.subscribe("t:a", "0")
+    await append(pool, "t:a", 0)
+    assert await received(first, 1) == [0]  # the reader is running, and now blocks on t:a alone
+    for key in ("t:b", "t:c"):
+        late = hub.subscribe(key, "0")
+        await append(pool, key, 7)
+        assert await received(late, 1, within=2.0) == [7]  # not the 5 s block's end
+
+
+async def test_hub_drops_a_follower_that_falls_behind_and_lets_all_go_when_closed(
+        hub_of: Callable[..., FollowerHub]) -> None:
+    hub, pool = hub_of(max_inbox=3), hub_of.pool  # type: ignore[attr-defined]
+    slow = hub.subscribe("t:s", "0")
+    await append(pool, "t:s", 0, 1)
+    await wait_for(lambda: len(slow.inbox) == 2, timeout=2)  # handed over, not taken: the client is slow
+    await append(pool, "t:s", 2, 3)
+    await wait_for(lambda: slow.dropped, timeout=2)
+    kept = [e.index for _, e in await slow.next(0)]
+    assert kept == list(range(len(kept))) and len(kept) >= 2  # what it had, in order; then it ends (and resumes)
+    assert hub.followers == 0
+    other = hub.subscribe("t:o", "0")
+    await hub.aclose()
+    assert other.dropped and await other.next(5) == []
+    assert hub.subscribe("t:o", "0").dropped  # a closed hub takes nobody
+
+
 # --- the benchmark, small ---------------------------------------------------------------------------
 
 
+@e2e
 @pytest.mark.slow
 def test_bench_followers_smoke(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "scripts/bench_followers.py", "--followers", "20", "--tasks", "2",

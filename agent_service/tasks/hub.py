@@ -187,15 +187,11 @@ class FollowerHub:
     # --- the reader ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._tasks and all(not t.done() for t in self._tasks):
-            return
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("followers.reader_died", error=type(task.exception()).__name__)
-            task.cancel()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read_loop(), name="followers-reader"),
-                       loop.create_task(self._wake_loop(), name="followers-waker")]
+        # both loops only end when cancelled (the reader retries whatever fails): started once
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read_loop(), name="followers-reader"),
+                           loop.create_task(self._wake_loop(), name="followers-waker")]
 
     async def _read_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,10 +208,12 @@ class FollowerHub:
                 if self._conn is None:
                     self._conn = self._connect()
                 reply = await self._conn.xread(streams, count=COUNT, block=self._block_ms)  # type: ignore[arg-type]
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # broad: this one task serves every follower; whatever fails, it retries
                 self._reading = 0
                 await self._disconnect()
-                if down_since is None:
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("followers.read_failed")
+                elif down_since is None:
                     down_since = loop.time()
                     log.warning("followers.redis_unavailable", error=type(exc).__name__, followers=self.followers)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # jittered: web processes do not stampede
@@ -277,8 +275,8 @@ class FollowerHub:
                 pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=1, approximate=False)
                 pipe.pexpire(self._wake_key, WAKE_TTL_MS)
                 await pipe.execute()
-            except (RedisError, OSError):
-                pass  # Redis is away: the reader fails too and rebuilds its read when it is back
+            except Exception:  # noqa: S110  (broad: a wake is an optimisation; the read ends within BLOCK_MS anyway)
+                pass
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -289,10 +287,12 @@ class FollowerHub:
     async def aclose(self) -> None:
         """Stop reading and let every follower go (each ends cleanly, resumable)."""
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        # repeated: a cancel that lands just as a Redis command's send completes is swallowed by
+        # the driver (3.11's wait_for), and the reader would then block a whole read more
+        while pending := [t for t in self._tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.05)
         self._tasks = []
         for entry in list(self._keys.values()):
             for follower in list(entry.followers):
