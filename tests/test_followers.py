@@ -487,9 +487,18 @@ async def test_hub_a_follower_joining_behind_the_cursor_gets_no_gap_and_the_othe
     await append(pool, "t:k", 6)
     assert await received(behind, 1) == [6]
     assert await received(ahead, 1) == [6]  # nothing twice: 6 is the first thing it got since 5
-    assert hub.followers == 2
-    hub.unsubscribe(ahead)
-    hub.unsubscribe(behind)
+    # one that joins at 0 while the blocked read (after 6) returns 7: 7 alone would be a gap
+    late = hub.subscribe("t:k", ids[0])
+    await append(pool, "t:k", 7)
+    assert await received(late, 7) == [1, 2, 3, 4, 5, 6, 7]
+    assert await received(ahead, 1) == [7] and await received(behind, 1) == [7]
+    await append(pool, "t:k", 8)
+    for follower in (ahead, behind, late):
+        assert await received(follower, 1) == [8]
+        assert not follower.inbox
+    assert hub.followers == 3
+    for follower in (ahead, behind, late):
+        hub.unsubscribe(follower)
     assert hub.followers == 0
 
 
