@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -282,6 +283,8 @@ def main() -> None:
         redis.stop()
     if code:
         print(f"  logs: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(code)
 
 
