@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route, compile_path
 
 from agent_service.audit import endpoints as audit
 from agent_service.audit import service as audit_service
-from agent_service.compose import api_routes, provide_parts
+from agent_service.compose import api_routes, provide_parts, root_routes
 from agent_service.config import Settings, load_settings
 from agent_service.identity import accounts
 from agent_service.identity import service as identity_service
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             error_reporting.shutdown()
 
     app = Starlette(
-        routes=[*ops.routes, *builder.routes, *docs_pages.routes, *dashboard.routes,
+        routes=[*ops.routes, *builder.routes, *docs_pages.routes, *dashboard.routes, *root_routes(),
                 Mount(API_PREFIX, routes=api_routes())],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

@@ -27,9 +27,9 @@ from agent_service.kit.sse import Item
 from agent_service.kit.stream_slots import StreamSlots
 from agent_service.tasks import lifecycle
 from agent_service.tasks import repository as task_store
+from agent_service.tasks import service as task_service  # the module: service.open_events is this one's
 from agent_service.tasks.hub import FollowerHub
 from agent_service.tasks.schemas import FINISHED_STATES, StateEvent, TaskEvent, TaskState
-from agent_service.tasks.service import get_record
 
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE = 500  # history entries per read
@@ -88,7 +88,7 @@ async def open_events(
     if last_event_id is not None and not valid_event_id(last_event_id):
         raise ValidationFailed("Last-Event-ID is not an event id of this stream.",
                                errors=[{"path": "header.Last-Event-ID", "message": "Expected `<ms>-<seq>`"}])
-    record = await get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
+    record = await task_service.get_record(deps, task_id, owner_id=owner_id, is_admin=is_admin)
     slots = deps.part(StreamSlots.of)
     slot = await slots.acquire(owner_id)
     deadline = asyncio.get_running_loop().time() + deps.settings.stream_max_seconds

@@ -146,22 +146,41 @@ async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
     return changed > 0
 
 
-async def list_page(
-    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int, cursor: str | None,
-) -> tuple[list[TaskRecord], str | None]:
-    """Newest first, and the next page's cursor. `owner_id=None` lists everyone's (admins)."""
+def _filters(owner_id: str | None, state: str | None, agent_id: str | None, session_id: str | None,
+             states: tuple[str, ...]) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id)):
+    for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id),
+                          ("session_id", session_id)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
+    if states:  # any of several states (a protocol's one state can be two of ours)
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        params += states
+    return where, params
+
+
+async def list_page(
+    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, limit: int, cursor: str | None,
+    session_id: str | None = None, states: tuple[str, ...] = (),
+) -> tuple[list[TaskRecord], str | None]:
+    """Newest first, and the next page's cursor. `owner_id=None` lists everyone's (admins)."""
+    where, params = _filters(owner_id, state, agent_id, session_id, states)
     if (after := KEYSET.after(cursor)) is not None:
         where.append(after.sql)
         params += after.params
     rows = await db.fetchall(f"SELECT * FROM tasks{where_sql(where)}{KEYSET.order_limit}", (*params, limit + 1))
     page, nxt = KEYSET.page(rows, limit)
     return [_record(r) for r in page], nxt
+
+
+async def count(db: Database, *, owner_id: str | None, agent_id: str | None = None, session_id: str | None = None,
+                states: tuple[str, ...] = ()) -> int:
+    """How many tasks list_page would list over all its pages (with the same filters)."""
+    where, params = _filters(owner_id, None, agent_id, session_id, states)
+    row = await db.fetchone(f"SELECT COUNT(*) FROM tasks{where_sql(where)}", tuple(params))
+    return int(row[0]) if row else 0
 
 
 async def count_by_state(db: Database) -> dict[str, int]:

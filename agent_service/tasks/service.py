@@ -8,11 +8,11 @@ from datetime import datetime
 from agent_service.errors import AppError, Conflict, Forbidden, NotFound
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
-from agent_service.tasks import lifecycle
+from agent_service.tasks import follow, lifecycle
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.lifecycle import progress_of
 from agent_service.tasks.live import Snapshot
-from agent_service.tasks.repository import TaskRecord
+from agent_service.tasks.repository import TaskRecord as TaskRecord  # the record other domains read
 from agent_service.tasks.schemas import (
     FINISHED_STATES,
     STATUS_WORDS,
@@ -86,6 +86,27 @@ async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool)
     except AppError:  # Redis is down: the list comes from SQL alone (running tasks show 0)
         live = {}
     return TaskPage(items=[summary(r, progress_of(r.state, live.get(r.id))) for r in page], next_cursor=nxt)
+
+
+async def list_records(deps: Deps, *, owner_id: str, agent_id: str | None = None, states: tuple[str, ...] = (),
+                       session_id: str | None = None, limit: int, cursor: str | None,
+                       ) -> tuple[list[TaskRecord], str | None]:
+    """The caller's task records, newest first (a protocol facade builds its own task shape)."""
+    return await task_store.list_page(deps.db, owner_id=owner_id, state=None, agent_id=agent_id, limit=limit,
+                                      cursor=cursor, session_id=session_id, states=states)
+
+
+async def count_records(deps: Deps, *, owner_id: str, agent_id: str | None = None, states: tuple[str, ...] = (),
+                        session_id: str | None = None) -> int:
+    return await task_store.count(deps.db, owner_id=owner_id, agent_id=agent_id, session_id=session_id,
+                                  states=states)
+
+
+async def open_events(deps: Deps, task_id: str, *, owner_id: str, is_admin: bool,
+                      last_event_id: str | None) -> follow.EventStream:
+    """A task's live events, exactly as GET …/events serves them, for another domain's stream."""
+    return await follow.open_events(deps, task_id, owner_id=owner_id, is_admin=is_admin,
+                                    last_event_id=last_event_id)
 
 
 def summary(r: TaskRecord, progress: int) -> TaskSummary:
