@@ -20,6 +20,10 @@ from agent_service.sessions import endpoints as sessions
 from agent_service.sessions import jobs as sessions_jobs
 from agent_service.tasks import admin_endpoints as task_admin
 from agent_service.tasks import endpoints as tasks
+from agent_service.tasks import lifecycle
+from agent_service.webhooks import endpoints as webhooks
+from agent_service.webhooks import service as webhook_service
+from agent_service.webhooks.jobs import Waker
 
 MAINTENANCE: tuple[MaintenanceJob, ...] = (
     sessions_jobs.CLEANUP_EXPIRED_SESSIONS,
@@ -31,7 +35,7 @@ MAINTENANCE: tuple[MaintenanceJob, ...] = (
 
 def api_routes() -> list[BaseRoute]:
     """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
-    return [*tasks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
+    return [*tasks.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
             *audit.routes, *sessions.routes, *a2a.routes]
 
 
@@ -43,3 +47,7 @@ def root_routes() -> list[BaseRoute]:
 def provide_parts(deps: Deps) -> None:
     """What the composition root decides for every process (web and worker alike)."""
     deps.provide(registry, MAINTENANCE)
+    # a task event or a redelivery written here queues a delivery pass at once (webhooks/jobs.py)
+    wake = deps.part(Waker.of).poke
+    deps.provide(lifecycle.outbox_listener, wake)
+    deps.provide(webhook_service.wakeup, wake)

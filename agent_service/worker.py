@@ -23,6 +23,7 @@ from agent_service.ops.workers import WorkerBoard, heartbeat
 from agent_service.tasks import jobs
 from agent_service.tasks.runner import JobFailed
 from agent_service.tasks.sweeper import run_sweeper
+from agent_service.webhooks import jobs as webhook_jobs
 
 
 def build_worker_settings(settings: Settings) -> type:
@@ -58,7 +59,7 @@ def build_worker_settings(settings: Settings) -> type:
 
     attrs = {
         "functions": jobs.agent_functions(settings),
-        "cron_jobs": jobs.maintenance_crons(settings, MAINTENANCE),
+        "cron_jobs": [*jobs.maintenance_crons(settings, MAINTENANCE), *webhook_jobs.crons(settings)],
         "redis_settings": redis_settings(settings) if settings.redis_url else None,
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

@@ -110,6 +110,25 @@ class InvokeRequest(Body):
 
 Priority = Literal["high", "normal", "low"]
 MAX_SCHEDULE_SECONDS = 7 * 24 * 3600
+# the webhook events of a task (the webhooks domain adds batch.completed for its subscriptions)
+TaskEventType = Literal["task.succeeded", "task.failed", "task.cancelled", "task.retrying"]
+
+
+class TaskWebhook(Body):
+    """Where to POST this task's events, signed (Standard Webhooks) and retried like a subscription's."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, description=(
+        "An http(s) URL on the public Internet (checked now and at every delivery)."))]
+    events: Annotated[list[TaskEventType], msgspec.Meta(min_length=1, max_length=4, description=(
+        "Which events to send; default: the finishing ones (succeeded, failed, cancelled)."))] | None = None
+
+
+class StoredTaskWebhook(msgspec.Struct, kw_only=True):
+    """A task's webhook as its record keeps it (`tasks.webhook`), with the secret that signs it."""
+
+    url: str
+    events: list[str]
+    secret: str
 
 
 class InvokeAsyncRequest(InvokeRequest):
@@ -121,6 +140,7 @@ class InvokeAsyncRequest(InvokeRequest):
         None
     )
     delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_SCHEDULE_SECONDS)] | None = None
+    webhook: TaskWebhook | None = None
 
 
 class InvokeResponse(msgspec.Struct, kw_only=True):

@@ -66,6 +66,8 @@ async def _supervise(settings: Settings, env: dict[str, str]) -> int:
 
 def run_dev(settings: Settings) -> int:
     env = dict(os.environ, APP_ENV="development")  # the one place development is the default
+    # a local receiver (127.0.0.1) is what a developer's webhooks point at; metadata addresses stay refused
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
     server: EmbeddedRedis | None = None
     if not settings.redis_url:
         var = Path(settings.var_dir)

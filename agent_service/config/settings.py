@@ -136,6 +136,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otel_service_name: str = "agent-service"
 
     # --- sessions, audit, maintenance ----------------------------------------------------
+    # --- webhooks (agent_service/webhooks) ------------------------------------------------
+    # loopback and private addresses as webhook targets (`dev` sets it; cloud metadata addresses stay refused)
+    webhook_allow_private_networks: bool = False
+    webhook_timeout: PositiveFloat = 10.0  # one delivery attempt, DNS to the last byte read
+    webhook_max_response_bytes: PositiveInt = 4096  # read at most this much of a receiver's answer
+    # s before each retry (each ±10 % jitter); after the last one the delivery has failed (about a day)
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200,14400,28800,32400"
+    webhook_disable_after_hours: PositiveFloat = 24.0  # a subscription failing this long is disabled
+    webhook_poll_seconds: Annotated[int, msgspec.Meta(ge=1, le=30)] = 2  # due retries are looked for this often
+    webhook_concurrency: PositiveInt = 10  # attempts in flight per delivery pass
+    webhook_max_subscriptions: PositiveInt = 20  # subscriptions a user may hold
+
     session_max_messages: PositiveInt = 100
     session_expiry_hours: PositiveFloat = 24.0
     audit_log_retention_days: PositiveInt = 90
@@ -168,6 +180,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]: no path, query, "
                                  "fragment or user)")
         if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
+        if not all(d > 0 for d in self.webhook_retry_delays):
+            raise ValueError("WEBHOOK_RETRY_SCHEDULE is a comma-separated list of seconds, each above 0")
             raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
 
     def require_stores(self) -> None:
@@ -182,6 +196,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                               "share one PostgreSQL)")
 
     @property
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds; () if it is not a list of numbers (refused at start)."""
+        try:
+            return tuple(float(part) for part in self.webhook_retry_schedule.split(","))
+        except ValueError:
+            return ()
+
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 

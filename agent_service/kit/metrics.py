@@ -28,6 +28,7 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 HISTOGRAMS = {"job_duration_seconds": DURATION_BUCKETS, "job_enqueue_latency_seconds": LATENCY_BUCKETS}
 EVENTS = ("started", "succeeded", "failed", "retried", "cancelled", "deferred", "orphaned")
 COUNTERS = EVENTS  # the heartbeat's per-worker counts are the same events
+WEBHOOK_EVENTS = ("attempted", "succeeded", "failed")
 
 
 @dataclass
@@ -72,6 +73,10 @@ class JobMetrics:
 
     async def rate_limited(self, kind: str) -> None:
         await self._apply({f"rate_limit_rejections|{kind}": 1}, [])
+
+    async def webhook(self, what: str, event: str) -> None:
+        """A webhook delivery attempt (`attempted`) and how it went (`succeeded`, `failed`), by event type."""
+        await self._apply({f"webhook_deliveries_{what}|{event}": 1}, [])
 
     async def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
         pipe = self._redis.pipeline(transaction=False)

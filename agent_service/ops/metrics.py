@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from agent_service.errors import AppError
 from agent_service.kit.deps import Deps
-from agent_service.kit.metrics import EVENTS, HISTOGRAMS, parse_field
+from agent_service.kit.metrics import EVENTS, HISTOGRAMS, WEBHOOK_EVENTS, parse_field
 from agent_service.kit.queue_backlog import backlog_age
 from agent_service.logging import get_logger
 from agent_service.ops.workers import WorkerBoard
@@ -105,6 +105,8 @@ class _Snapshot(Collector):
                                               "by task kind", labels=[TASK_KIND]) for what in EVENTS}
         rejections = CounterMetricFamily("agent_rate_limit_rejections", "Requests and jobs over a rate limit",
                                          labels=["kind"])
+        webhooks = {what: CounterMetricFamily(f"agent_webhook_deliveries_{what}", f"Webhook delivery attempts {what},"
+                                              " by event type", labels=["event"]) for what in WEBHOOK_EVENTS}
         for key, value in sorted(self._d.counters.items()):
             metric, label, _ = parse_field(key)
             what = metric.removeprefix("jobs_")
@@ -112,8 +114,11 @@ class _Snapshot(Collector):
                 families[what].add_metric([label], value)
             elif metric == "rate_limit_rejections":
                 rejections.add_metric([label], value)
+            elif metric.removeprefix("webhook_deliveries_") in webhooks:
+                webhooks[metric.removeprefix("webhook_deliveries_")].add_metric([label], value)
         yield from families.values()
         yield rejections
+        yield from webhooks.values()
 
     def _histograms(self) -> Iterator[Metric]:
         per: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)

@@ -13,6 +13,7 @@ Invariants held here, for every caller (web process, worker, maintenance, admin)
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from datetime import datetime
 
 import msgspec
@@ -67,7 +68,15 @@ def queue(deps: Deps) -> JobQueue:
     return deps.part(JobQueue.of)
 
 
+def outbox_listener(deps: Deps) -> Callable[[], None]:
+    """Told (no I/O, never raising) when a change wrote a `task_events_outbox` row; the entry
+    points provide the webhooks domain's wake-up."""
+    return lambda: None
+
+
 async def _publish(deps: Deps, task_id: str, event: TaskEvent, *, progress: int | None = None) -> None:
+    if isinstance(event, StateEvent) and event.state in task_store.OUTBOX_EVENTS:
+        deps.part(outbox_listener)()
     await live(deps).append(task_id, event, progress=progress)
 
 
@@ -87,6 +96,7 @@ class Submission(msgspec.Struct, kw_only=True):
     priority: str | None = None
     defer_until: datetime | None = None
     defer_by: float | None = None
+    webhook: str | None = None  # JSON of agents.schemas.StoredTaskWebhook
 
 
 async def submit(deps: Deps, sub: Submission) -> None:
@@ -97,7 +107,7 @@ async def submit(deps: Deps, sub: Submission) -> None:
     await task_store.create(
         deps.db, task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id,
         request_id=sub.request_id, session_id=sub.session_id, now=deps.clock(), payload=payload_json,
-        scheduled_for=sub.scheduled_for, priority=sub.priority,
+        scheduled_for=sub.scheduled_for, priority=sub.priority, webhook=sub.webhook,
     )
     try:
         await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id, defer_until=sub.defer_until,

@@ -15,6 +15,12 @@ from agent_service.kit.pagination import Keyset
 from agent_service.kit.pagination import where as where_sql
 
 _FINISHED = "('SUCCESS', 'FAILURE', 'REVOKED')"
+# a RETRY or finish writes its event here in the same transaction (webhooks/ consumes them); a
+# task without an owner (maintenance) has no one to tell
+OUTBOX_EVENTS = {"SUCCESS": "task.succeeded", "FAILURE": "task.failed", "REVOKED": "task.cancelled",
+                 "RETRY": "task.retrying"}
+_OUTBOX = ("INSERT INTO task_events_outbox (task_id, owner_id, event, created_at)"
+           " SELECT id, owner_id, ?, ? FROM tasks WHERE id = ? AND owner_id IS NOT NULL")
 
 
 KEYSET = Keyset(time="created_at", id="id")
@@ -41,6 +47,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     retries: int = 0
     worker_losses: int = 0
     error_code: str | None = None
+    webhook: str | None = None  # JSON of agents.schemas.StoredTaskWebhook
 
 
 def _record(row: Row) -> TaskRecord:
@@ -60,13 +67,14 @@ async def create(
     payload: str | None = None,
     scheduled_for: datetime | None = None,
     priority: str | None = None,
+    webhook: str | None = None,
 ) -> None:
     await db.execute(
         "INSERT INTO tasks (id, owner_id, agent_id, kind, state, tries, request_id, session_id,"
-        " created_at, updated_at, payload, scheduled_for, priority)"
-        " VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, updated_at, payload, scheduled_for, priority, webhook)"
+        " VALUES (?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
         (task_id, owner_id, agent_id, kind, request_id, session_id, iso(now), iso(now), payload,
-         iso(scheduled_for), priority),
+         iso(scheduled_for), priority, webhook),
     )
 
 
@@ -115,11 +123,14 @@ async def stale(db: Database, *, states: tuple[str, ...], before: datetime, limi
 
 
 async def mark_retry(db: Database, task_id: str, *, error: str, retry_at: datetime, now: datetime) -> bool:
-    changed = await db.execute(
-        "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?, retries = retries + 1"
-        f" WHERE id = ? AND state NOT IN {_FINISHED}",
-        (error, iso(retry_at), iso(now), task_id),
-    )
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE tasks SET state = 'RETRY', error = ?, next_retry_at = ?, updated_at = ?, retries = retries + 1"
+            f" WHERE id = ? AND state NOT IN {_FINISHED}",
+            (error, iso(retry_at), iso(now), task_id),
+        )
+        if changed:
+            await tx.execute(_OUTBOX, (OUTBOX_EVENTS["RETRY"], iso(now), task_id))
     return changed > 0
 
 
@@ -127,11 +138,14 @@ async def mark_finished(
     db: Database, task_id: str, *, state: str, error: str | None, now: datetime, code: str | None = None
 ) -> bool:
     """SUCCESS / FAILURE / REVOKED. The first finish wins; later ones change nothing."""
-    changed = await db.execute(
-        "UPDATE tasks SET state = ?, error = ?, error_code = ?, completed_at = ?, updated_at = ?,"
-        f" next_retry_at = NULL WHERE id = ? AND state NOT IN {_FINISHED}",
-        (state, error, code, iso(now), iso(now), task_id),
-    )
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE tasks SET state = ?, error = ?, error_code = ?, completed_at = ?, updated_at = ?,"
+            f" next_retry_at = NULL WHERE id = ? AND state NOT IN {_FINISHED}",
+            (state, error, code, iso(now), iso(now), task_id),
+        )
+        if changed:
+            await tx.execute(_OUTBOX, (OUTBOX_EVENTS[state], iso(now), task_id))
     return changed > 0
 
 

@@ -36,6 +36,7 @@ class TaskAccepted(msgspec.Struct, kw_only=True):
     status_url: str
     priority: str = "normal"
     scheduled_for: datetime | None = None
+    webhook_secret: str | None = None  # with a `webhook`: its signing secret (whsec_…), shown only here
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True, tag="agent", tag_field="type"):

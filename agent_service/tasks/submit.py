@@ -3,7 +3,9 @@ anything is queued, honour scheduling and priority, and make retried submissions
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import secrets
 import uuid
 from datetime import datetime, timedelta
 
@@ -15,11 +17,12 @@ from agent_service.agents.schemas import (
     AgentError,
     AgentInput,
     InvokeAsyncRequest,
+    StoredTaskWebhook,
     validate_input,
 )
 from agent_service.agents.service import resolve_agent, to_app_error
 from agent_service.errors import AppError, ValidationFailed
-from agent_service.kit import serializer, tracing
+from agent_service.kit import serializer, ssrf, tracing
 from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
 from agent_service.logging import get_logger
@@ -28,6 +31,7 @@ from agent_service.tasks import lifecycle, policy, queue
 from agent_service.tasks.schemas import AgentJob, TaskAccepted
 
 log = get_logger(__name__)
+DEFAULT_WEBHOOK_EVENTS = ("task.succeeded", "task.failed", "task.cancelled")
 
 
 def status_url(deps: Deps, task_id: str) -> str:
@@ -70,6 +74,8 @@ async def enqueue(
         raise to_app_error(exc) from None
     if req.session_id:
         await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
+    if req.webhook is not None:  # refused now (422), and checked again at every delivery
+        await ssrf.validate(deps, req.webhook.url, path="$.webhook.url")
     if idempotency_key is None:
         return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier), False
     store = IdempotencyStore(deps.redis, prefix=deps.prefix)
@@ -110,13 +116,19 @@ async def _enqueue(
         raise ValidationFailed("metadata holds values a job cannot carry (integers beyond 64 bits).",
                                errors=[{"path": "$.metadata", "message": "Integers must fit in 64 bits"}])
     defer_until, defer_by = queue.schedule(req.priority, run_at)
+    webhook = None
+    if req.webhook is not None:  # its signing secret, in the Standard Webhooks format, is shown once: below
+        webhook = StoredTaskWebhook(url=req.webhook.url, events=list(req.webhook.events or DEFAULT_WEBHOOK_EVENTS),
+                                    secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
     await lifecycle.submit(deps, lifecycle.Submission(
         task_id=task_id, kind=kind, function=queue.JOB_FOR_KIND[kind], payload=job, agent_id=agent.name,
         owner_id=owner_id, request_id=request_id, session_id=req.session_id, keep_payload=True,
         scheduled_for=run_at, priority=req.priority, defer_until=defer_until, defer_by=defer_by,
+        webhook=msgspec.json.encode(webhook).decode() if webhook else None,
     ))
     log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
     return TaskAccepted(
         task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",
         status_url=status_url(deps, task_id), priority=req.priority, scheduled_for=run_at,
+        webhook_secret=webhook.secret if webhook else None,
     )

@@ -42,6 +42,7 @@ TAGS = [
     {"name": "Agents", "description": "List agents and invoke them synchronously or as a stream."},
     {"name": "Background Jobs", "description": "Queue invocations and follow, list or cancel tasks."},
     {"name": "Sessions", "description": "Conversation sessions whose history agents receive."},
+    {"name": "Webhooks", "description": "Signed, retried deliveries of task events to your URLs, and their log."},
     {"name": "Protocols", "description": "A2A, MCP and AG-UI: the agents and tasks for clients of those protocols."},
     {"name": "API Keys", "description": "Mint, list, rotate and revoke API keys."},
     {"name": "Audit Logs", "description": "Who did what, when, from where."},
