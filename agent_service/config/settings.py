@@ -135,7 +135,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otel_exporter_otlp_endpoint: str | None = None  # OTLP/HTTP base URL; traces to …/v1/traces (kit/tracing.py)
     otel_service_name: str = "agent-service"
 
-    # --- sessions, audit, maintenance ----------------------------------------------------
     # --- webhooks (agent_service/webhooks) ------------------------------------------------
     # loopback and private addresses as webhook targets (`dev` sets it; cloud metadata addresses stay refused)
     webhook_allow_private_networks: bool = False
@@ -148,6 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_concurrency: PositiveInt = 10  # attempts in flight per delivery pass
     webhook_max_subscriptions: PositiveInt = 20  # subscriptions a user may hold
 
+    # --- sessions, audit, maintenance ----------------------------------------------------
     session_max_messages: PositiveInt = 100
     session_expiry_hours: PositiveFloat = 24.0
     audit_log_retention_days: PositiveInt = 90
@@ -179,9 +179,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if origin != "*" and not is_origin(origin):
                 raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]: no path, query, "
                                  "fragment or user)")
-        if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
         if not all(d > 0 for d in self.webhook_retry_delays):
             raise ValueError("WEBHOOK_RETRY_SCHEDULE is a comma-separated list of seconds, each above 0")
+        if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
             raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
 
     def require_stores(self) -> None:
@@ -196,7 +196,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                               "share one PostgreSQL)")
 
     @property
-    @property
     def webhook_retry_delays(self) -> tuple[float, ...]:
         """WEBHOOK_RETRY_SCHEDULE as seconds; () if it is not a list of numbers (refused at start)."""
         try:
@@ -204,6 +203,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except ValueError:
             return ()
 
+    @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
