@@ -10,7 +10,6 @@ then every event after that id from the task's event stream, none twice, ending 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from agent_service.kit.io import field_errors
 from agent_service.kit.sse import StreamError
 from agent_service.protocols import a2a_schemas as a2a
 from agent_service.protocols import a2a_tasks as view
+from agent_service.protocols import waiting
 from agent_service.protocols.a2a_schemas import (
     NOT_CANCELABLE,
     PUSH_NOT_SUPPORTED,
@@ -153,20 +153,8 @@ async def _task(call: Call, task_id: str, *, history_length: int | None = None) 
 
 
 async def _wait_end(call: Call, task_id: str, seconds: float) -> None:
-    """Until the task ends (or `seconds` pass), on its event stream: no polling."""
-    try:
-        events = await tasks.open_events(call.deps, task_id, owner_id=call.caller.user_id,
-                                         is_admin=call.caller.is_admin, last_event_id=None)
-    except AppError:  # no stream to be had now (the caller's streams are all open): answer as it is
-        return
-    try:
-        async with asyncio.timeout(seconds):
-            async for _ in events:
-                pass
-    except TimeoutError:
-        pass
-    finally:
-        await events.aclose()
+    await waiting.until_end(call.deps, task_id, owner_id=call.caller.user_id, is_admin=call.caller.is_admin,
+                            seconds=seconds)
 
 
 async def send_message(call: Call, params: dict[str, Any]) -> Answer:

@@ -6,7 +6,7 @@ events are JSON-RPC responses, each with its event id."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from starlette.requests import Request
@@ -27,15 +27,13 @@ AUDITED = {"SendMessage": ("EXECUTE", "agent"), "SendStreamingMessage": ("EXECUT
            "CancelTask": ("CANCEL", "task")}
 
 
-Method = Literal["SendMessage", "SendStreamingMessage", "GetTask", "ListTasks", "CancelTask", "SubscribeToTask",
-                 "message/send", "message/stream", "tasks/get", "tasks/cancel", "tasks/resubscribe"]
-
-
 class A2ARequest(msgspec.Struct, kw_only=True):
     """A JSON-RPC 2.0 request: a v1.0 method (or its v0.3 name) and its params object."""
 
     jsonrpc: Literal["2.0"]
-    method: Method
+    method: Annotated[str, msgspec.Meta(min_length=1, examples=["SendMessage"], description=(
+        "SendMessage, SendStreamingMessage, GetTask, ListTasks, CancelTask, SubscribeToTask, or a v0.3 name "
+        "(message/send, message/stream, tasks/get, tasks/cancel, tasks/resubscribe)."))]
     params: dict[str, Any] | None = None
     id: str | int | None = None
 
@@ -62,9 +60,13 @@ class _Envelope(msgspec.Struct):
     result: Any
 
 
-def _answer(rid: jsonrpc.RequestId, err: RpcError) -> Response:
-    return Response(jsonrpc.error(rid, err, a2a.error_data(err)), media_type="application/json",
-                    headers={"Cache-Control": "no-store", **err.headers})
+def _answer(rid: jsonrpc.RequestId, err: RpcError, request: Request | None = None) -> Response:
+    headers = {"Cache-Control": "no-store", **err.headers}
+    if err.http_status != 200 and request is not None:
+        body = jsonrpc.problem_body(err, a2a.error_data(err), instance=request.url.path,
+                                    request_id=context.request_id(request))
+        return Response(body, status_code=err.http_status, media_type="application/problem+json", headers=headers)
+    return Response(jsonrpc.error(rid, err, a2a.error_data(err)), media_type="application/json", headers=headers)
 
 
 @endpoint(auth=Public(), docs=Docs(
@@ -93,14 +95,16 @@ def _card(request: Request, agent_id: str | None) -> Response:
 
 
 @endpoint(auth=Scoped(), docs=Docs(
-    summary="A2A JSON-RPC", tag="Protocols", request=A2ARequest, response=A2AResponse, errors=(401,),
+    summary="A2A JSON-RPC", tag="Protocols", request=A2ARequest, response=A2AResponse, errors=(400, 401, 413, 415),
     headers=("Last-Event-ID",),
     description="A2A v1.0's JSON-RPC binding (`SendMessage`, `SendStreamingMessage`, `GetTask`, `ListTasks`, "
     "`CancelTask`, `SubscribeToTask`) and v0.3's method names (`message/send`, `message/stream`, `tasks/get`, "
     "`tasks/cancel`, `tasks/resubscribe`) with v0.3's shapes. A message becomes one of your tasks (see the "
-    "tasks API); `contextId` is your conversation session. Errors are JSON-RPC error objects (HTTP 200): "
-    "-32700 parse, -32600 invalid request, -32601 method, -32602 params, -32001 task not found, -32002 not "
-    "cancelable, -32004 unsupported, -32005 content type, -32000 ours (the ErrorInfo `reason` says which). "
+    "tasks API); `contextId` is your conversation session. A call's errors are JSON-RPC error objects (HTTP 200): "
+    "-32601 method, -32602 params, -32001 task not found, -32002 not cancelable, -32004 unsupported, -32005 "
+    "content type, -32000 ours (the ErrorInfo `reason` says which). A body that is no JSON-RPC request (-32700 "
+    "not JSON, -32600 not a request object) is a 400 (413 too large, 415 not JSON) whose body is both the "
+    "JSON-RPC error response and a problem. "
     "Streaming methods answer `text/event-stream` instead: each event's `data` is one such response whose result "
     "is a StreamResponse (the task first, then status and artifact updates, each with `metadata.eventId`); "
     "`SubscribeToTask` with `Last-Event-ID: <eventId>` replays everything after that event, none twice. An "
@@ -113,7 +117,7 @@ async def a2a_rpc(request: Request) -> Response:
     try:
         req = jsonrpc.parse(await _body(request, deps.settings.max_body_bytes))
     except RpcError as err:
-        return _answer(err.rid, err)
+        return _answer(err.rid, err, request)
     legacy = req.method in a2a_compat.METHODS
     method = a2a_compat.METHODS.get(req.method, req.method)
     try:
@@ -145,11 +149,13 @@ async def a2a_rpc(request: Request) -> Response:
 async def _body(request: Request, limit: int) -> bytes:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise RpcError(INVALID_REQUEST, "Send the request as application/json.", reason="unsupported_media_type")
+        raise RpcError(INVALID_REQUEST, "Send the request as application/json.", reason="unsupported_media_type",
+                       http_status=415)
     try:
         return await read_body(request, limit)
     except AppError as exc:  # too large
-        raise RpcError(INVALID_REQUEST, exc.detail, reason=exc.code, status=exc.status) from None
+        raise RpcError(INVALID_REQUEST, exc.detail, reason=exc.code, status=exc.status,
+                       http_status=exc.status) from None
 
 
 def _check(request: Request, agent_id: str, method: str) -> None:

@@ -35,9 +35,11 @@ class RpcError(Exception):
 
     def __init__(self, code: int, message: str, *, reason: str | None = None, status: int | None = None,
                  errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
-                 rid: RequestId = None) -> None:
+                 rid: RequestId = None, http_status: int = 200) -> None:
         super().__init__(message)
         self.code, self.message, self.rid = code, message, rid  # rid: the request's id once it is known
+        # 200 for an error of the call; 4xx for a request that is no JSON-RPC call at all (see problem_body)
+        self.http_status = http_status
         self.reason, self.status = reason, status
         self.errors = errors or []
         self.headers = headers or {}
@@ -52,26 +54,30 @@ class Request(msgspec.Struct, kw_only=True):
 
 def parse(raw: bytes) -> Request:
     if too_deep(raw):
-        raise RpcError(INVALID_REQUEST, f"The request nests deeper than {MAX_DEPTH} levels.", reason="json_too_deep")
+        raise RpcError(INVALID_REQUEST, f"The request nests deeper than {MAX_DEPTH} levels.", reason="json_too_deep",
+                       http_status=400)
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        raise RpcError(PARSE_ERROR, "Invalid JSON payload", reason="malformed_json") from None
+        raise RpcError(PARSE_ERROR, "Invalid JSON payload", reason="malformed_json", http_status=400) from None
     if not isinstance(obj, dict):
-        raise RpcError(INVALID_REQUEST, "Expected one JSON-RPC request object (batches are not supported).")
+        raise RpcError(INVALID_REQUEST, "Expected one JSON-RPC request object (batches are not supported).",
+                       reason="invalid_request", http_status=400)
     rid = obj.get("id")
     if isinstance(rid, bool) or not isinstance(rid, str | int | None):
-        raise RpcError(INVALID_REQUEST, "`id` must be a string, an integer or null.")
+        raise RpcError(INVALID_REQUEST, "`id` must be a string, an integer or null.", reason="invalid_request",
+                       http_status=400)
     if obj.get("jsonrpc") != "2.0":
-        raise RpcError(INVALID_REQUEST, '`jsonrpc` must be "2.0".', rid=rid)
+        raise RpcError(INVALID_REQUEST, '`jsonrpc` must be "2.0".', reason="invalid_request", rid=rid, http_status=400)
     method = obj.get("method")
     if not isinstance(method, str) or not method:
-        raise RpcError(INVALID_REQUEST, "`method` must be a non-empty string.", rid=rid)
+        raise RpcError(INVALID_REQUEST, "`method` must be a non-empty string.", reason="invalid_request", rid=rid,
+                       http_status=400)
     params = obj.get("params", {})
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise RpcError(INVALID_PARAMS, "`params` must be an object.", rid=rid)
+        raise RpcError(INVALID_PARAMS, "`params` must be an object.", reason="invalid_params", rid=rid, http_status=400)
     return Request(method=method, params=params, id=rid, is_notification="id" not in obj)
 
 
@@ -105,6 +111,23 @@ def error(rid: RequestId, err: RpcError, data: Any = None) -> bytes:
     if data is not None:
         body["data"] = data
     return _json.encode({"jsonrpc": "2.0", "id": rid, "error": body})
+
+
+def problem_body(err: RpcError, data: Any, *, instance: str | None, request_id: str | None) -> bytes:
+    """A request that is no JSON-RPC call (not JSON, not a request object, too large, not JSON at
+    all) is refused with a 4xx whose body is both the JSON-RPC error response and an RFC 9457
+    problem, the API's error shape: JSON-RPC clients read `error`, HTTP tools the problem."""
+    code = err.reason or "invalid_request"
+    body: dict[str, Any] = {
+        "type": f"urn:agent-service:problem:{code}", "title": "Invalid JSON-RPC request", "status": err.http_status,
+        "detail": err.message, "instance": instance, "request_id": request_id, "code": code,
+        "jsonrpc": "2.0", "id": err.rid, "error": {"code": err.code, "message": err.message},
+    }
+    if data is not None:
+        body["error"]["data"] = data
+    if err.errors:
+        body["errors"] = err.errors
+    return _json.encode(body)
 
 
 def encode(value: Any) -> bytes:
