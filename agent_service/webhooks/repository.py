@@ -284,7 +284,6 @@ async def with_attempts(db: Database, ids: list[str]) -> list[tuple[DeliveryReco
         if r["id"] not in found:
             found[r["id"]] = (msgspec.convert({k: r[k] for k in DeliveryRecord.__struct_fields__}, DeliveryRecord), [])
         if r["a_attempt"] is not None:
-            found[r["id"]][1].append(msgspec.convert(
-                {k: r[k] if k == "delivery_id" else r[f"a_{k}"] for k in AttemptRecord.__struct_fields__}
-                | {"delivery_id": r["id"]}, AttemptRecord))
+            fields = {k: r[f"a_{k}"] for k in AttemptRecord.__struct_fields__ if k != "delivery_id"}
+            found[r["id"]][1].append(msgspec.convert({**fields, "delivery_id": r["id"]}, AttemptRecord))
     return [found[i] for i in ids if i in found]
