@@ -24,7 +24,7 @@ from tests.support.apps import Client, add_user, app_client
 
 pytestmark = pytest.mark.sqlite_only  # the document and the docs pages: no SQL of their own
 
-TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "Protocols", "API Keys",
+TAG_ORDER = ["Health", "Authentication", "Agents", "Background Jobs", "Sessions", "Webhooks", "Protocols", "API Keys",
              "Audit Logs", "Admin"]
 # routed but no API operation: the docs and dashboard pages, and the paths that moved (still served)
 PAGES = {("/docs", "get"), ("/redoc", "get"), ("/docs/static/{name}", "get"), ("/docs/oauth2-redirect", "get"),
