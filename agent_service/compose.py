@@ -16,6 +16,7 @@ from agent_service.kit.maintenance import MaintenanceJob, registry
 from agent_service.ops import endpoints as ops
 from agent_service.ops import jobs as ops_jobs
 from agent_service.protocols import a2a_endpoints as a2a
+from agent_service.protocols import agui_endpoints as agui
 from agent_service.protocols import mcp_endpoints as mcp
 from agent_service.sessions import endpoints as sessions
 from agent_service.sessions import jobs as sessions_jobs
@@ -37,7 +38,7 @@ MAINTENANCE: tuple[MaintenanceJob, ...] = (
 def api_routes() -> list[BaseRoute]:
     """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
     return [*tasks.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
-            *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes]
+            *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes]
 
 
 def root_routes() -> list[BaseRoute]:
