@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from arq.connections import ArqRedis, RedisSettings
-from redis.asyncio import ConnectionPool
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import RedisError
 
 from agent_service.config import Settings
@@ -59,9 +59,11 @@ def connect(settings: Settings) -> RedisConn:
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set")
     # blocking reads (XREAD BLOCK of the event followers) pass their own, longer timeout
-    pool = ConnectionPool.from_url(
+    # bounded: a burst of requests (1000 streams opening at once) waits for a connection, up to
+    # REDIS_TIMEOUT, instead of opening one each (then a 503 like any Redis trouble)
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url, socket_connect_timeout=settings.redis_timeout, socket_timeout=settings.redis_timeout,
-        health_check_interval=30,
+        health_check_interval=30, max_connections=settings.redis_max_connections, timeout=settings.redis_timeout,
     )
     return ArqRedis(
         pool,
