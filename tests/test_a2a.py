@@ -14,9 +14,13 @@ import pytest
 from a2a.client.client import ClientCallContext
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetTaskPushNotificationConfigRequest,
     GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
     ListTasksRequest,
     SubscribeToTaskRequest,
+    TaskPushNotificationConfig,
     TaskState,
 )
 from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, UnsupportedOperationError
@@ -25,10 +29,17 @@ from tests.support.a2a_client import agent_url, as_dict, chunks, client, message
 from tests.support.processes import Live, bootstrap_user
 from tests.support.stack import audit_rows, status
 from tests.support.waiting import wait_until
+from tests.support.webhook_receiver import running_receiver
 
 pytestmark = pytest.mark.e2e
 
 WORDS = " ".join(f"w{i}" for i in range(12))
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    # push notifications go to a receiver on 127.0.0.1
+    return {**env, "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true", "WEBHOOK_POLL_SECONDS": "1"}
 
 
 @pytest.fixture
@@ -203,3 +214,43 @@ async def test_limits_and_scopes_are_ours(live_service: Live) -> None:
     assert err["data"][0]["reason"] == "INSUFFICIENT_SCOPE"
     unknown = (await rpc(live.base, live.headers, send, agent="nobody")).json()["error"]
     assert unknown["data"][0]["reason"] == "AGENT_NOT_FOUND"
+
+
+async def test_push_notification_configs_are_our_webhooks(live_service: Live, other: dict[str, str]) -> None:
+    live = live_service
+    card = await resolve(live.base)
+    a2a, http = client(card, live.headers, streaming=False)
+    theirs, http2 = client(await resolve(live.base), other, streaming=False)
+    with running_receiver() as receiver:
+        async with http, http2:
+            # inline: the task's own webhook from its submission on (no event of a fast task is missed)
+            req = message("pushed", message_id="push-1")
+            req.configuration.task_push_notification_config.url = receiver.url + "?inline"
+            sent = [e async for e in a2a.send_message(req)]
+            task = sent[0].task
+            receiver.secrets.append(task.metadata["pushNotificationAuthentication"]["credentials"])
+            # CRUD for a running task: a webhook subscription to its events
+            queued = [e async for e in a2a.send_message(message(WORDS, metadata={"delay": 0.2}, message_id="push-2",
+                                                                return_immediately=True))]
+            slow = queued[0].task
+            created = await a2a.create_task_push_notification_config(
+                TaskPushNotificationConfig(task_id=slow.id, url=receiver.url + "?crud"))
+            assert created.id and created.authentication.scheme == "StandardWebhooks"
+            receiver.secrets.append(created.authentication.credentials)
+            got = await a2a.get_task_push_notification_config(
+                GetTaskPushNotificationConfigRequest(task_id=slow.id, id=created.id))
+            assert got.url == receiver.url + "?crud"
+            listed = await a2a.list_task_push_notification_configs(ListTaskPushNotificationConfigsRequest(
+                task_id=slow.id))
+            assert [c.id for c in listed.configs] == [created.id]
+            with pytest.raises(TaskNotFoundError):
+                await theirs.get_task_push_notification_config(
+                    GetTaskPushNotificationConfigRequest(task_id=slow.id, id=created.id))
+            wait_until(lambda: {r.path for r in receiver.received if r.verified_by
+                                and r.body["type"] == "task.succeeded"} >= {"/hook?inline", "/hook?crud"},
+                       timeout=30, interval=0.1, message=lambda: f"pushed: {receiver.received}")
+            for _ in range(2):  # deleting is idempotent
+                await a2a.delete_task_push_notification_config(
+                    DeleteTaskPushNotificationConfigRequest(task_id=slow.id, id=created.id))
+            assert not (await a2a.list_task_push_notification_configs(
+                ListTaskPushNotificationConfigsRequest(task_id=slow.id))).configs

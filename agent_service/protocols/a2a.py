@@ -23,12 +23,12 @@ from agent_service.kit.deps import Deps
 from agent_service.kit.endpoint import Caller
 from agent_service.kit.io import field_errors
 from agent_service.kit.sse import StreamError
+from agent_service.protocols import a2a_push as push
 from agent_service.protocols import a2a_schemas as a2a
 from agent_service.protocols import a2a_tasks as view
 from agent_service.protocols import waiting
 from agent_service.protocols.a2a_schemas import (
     NOT_CANCELABLE,
-    PUSH_NOT_SUPPORTED,
     TASK_NOT_FOUND,
     UNSUPPORTED,
 )
@@ -57,6 +57,7 @@ class Call:
     agent_id: str
     request_id: str | None = None
     last_event_id: str | None = None  # the Last-Event-ID header
+    push_secret: str | None = None  # an inline push config's signing secret: shown once, in the first task answered
 
 
 @dataclass
@@ -95,8 +96,7 @@ async def dispatch(call: Call, method: str, params: dict[str, Any]) -> Answer:
         "ListTasks": list_tasks, "CancelTask": cancel_task, "SubscribeToTask": subscribe,
     }
     if method in PUSH_METHODS:
-        raise RpcError(PUSH_NOT_SUPPORTED, "Push notifications are not supported by this agent.",
-                       reason="push_notifications_not_supported")
+        return await _push(call, method, params)
     if method == "GetExtendedAgentCard":
         raise RpcError(UNSUPPORTED, "This agent has no extended agent card.", reason="unsupported_operation")
     check_scope(call.caller, method)
@@ -113,17 +113,16 @@ async def dispatch(call: Call, method: str, params: dict[str, Any]) -> Answer:
 async def _submit(call: Call, params: dict[str, Any]) -> tuple[str, a2a.SendMessageParams]:
     p = params_as(params, a2a.SendMessageParams)
     cfg = p.configuration or a2a.SendMessageConfiguration()
-    if cfg.task_push_notification_config is not None:
-        raise RpcError(PUSH_NOT_SUPPORTED, "Push notifications are not supported by this agent.",
-                       reason="push_notifications_not_supported")
     text = view.message_text(p.message, cfg.accepted_output_modes)
     if p.message.task_id is not None:  # a follow-up to a task: ours take no further input
         await _record(call, p.message.task_id)
         raise RpcError(UNSUPPORTED, "This agent's tasks take no further messages; send a new message (with the "
                        "task's contextId to continue the conversation).", reason="unsupported_operation")
     session_id = view.session_of(call.caller, p.message)
-    body = {"message": text, "session_id": session_id, "metadata": {**(p.metadata or {}), **(p.message.metadata or {})},
-            "stream": True}
+    body: dict[str, Any] = {"message": text, "session_id": session_id, "stream": True,
+                            "metadata": {**(p.metadata or {}), **(p.message.metadata or {})}}
+    if cfg.task_push_notification_config is not None:  # the task's own webhook, from its submission on
+        body["webhook"] = {"url": push.inline_url(cfg.task_push_notification_config)}
     try:
         req = msgspec.convert(body, InvokeAsyncRequest)
     except msgspec.ValidationError:
@@ -135,6 +134,7 @@ async def _submit(call: Call, params: dict[str, Any]) -> tuple[str, a2a.SendMess
     accepted, _ = await tasks.enqueue(call.deps, call.agent_id, req, owner_id=call.caller.user_id,
                                       request_id=call.request_id, idempotency_key=key, tier=call.caller.tier,
                                       is_admin=call.caller.is_admin)
+    call.push_secret = accepted.webhook_secret
     return accepted.task_id, p
 
 
@@ -164,8 +164,32 @@ async def send_message(call: Call, params: dict[str, Any]) -> Answer:
     cfg = p.configuration or a2a.SendMessageConfiguration()
     if not cfg.return_immediately:
         await _wait_end(call, task_id, call.deps.settings.sync_invoke_timeout)
-    task = await _task(call, task_id, history_length=cfg.history_length)
+    task = _with_secret(call, await _task(call, task_id, history_length=cfg.history_length))
     return Answer(value=a2a.SendMessageResponse(task=task), task_id=task_id)
+
+
+def _with_secret(call: Call, task: a2a.Task) -> a2a.Task:
+    if call.push_secret is not None:
+        task.metadata = {**(task.metadata or {}), "pushNotificationAuthentication": {
+            "scheme": push.SCHEME, "credentials": call.push_secret}}
+    return task
+
+
+async def _push(call: Call, method: str, params: dict[str, Any]) -> Answer:
+    """Push notification configs of the caller's task of this agent (the webhooks domain's)."""
+    check_scope(call.caller, "GetTask")  # the webhooks API's own scope: tasks:read
+    handler = {"CreateTaskPushNotificationConfig": push.create, "GetTaskPushNotificationConfig": push.get,
+               "ListTaskPushNotificationConfigs": push.list_configs,
+               "DeleteTaskPushNotificationConfig": push.delete}[method]
+    task_id = params.get("taskId")
+    if not isinstance(task_id, str):
+        raise RpcError(INVALID_PARAMS, "`taskId` names the task.", reason="validation_error",
+                       errors=[{"path": "$.taskId", "message": "Required"}])
+    try:
+        await _record(call, task_id)
+        return Answer(value=await handler(call.deps, call.caller.user_id, params), task_id=task_id)
+    except AppError as exc:
+        raise _rpc(exc) from None
 
 
 async def send_streaming(call: Call, params: dict[str, Any]) -> Answer:
@@ -245,13 +269,14 @@ async def _follow(call: Call, task_id: str, after: str | None) -> AsyncIterator[
     except BaseException:
         await events.aclose()
         raise
-    return _items(record, status, events)
+    return _items(call, record, status, events)
 
 
-async def _items(record: tasks.TaskRecord, status: Any, events: Any) -> AsyncIterator[Item]:
+async def _items(call: Call, record: tasks.TaskRecord, status: Any, events: Any) -> AsyncIterator[Item]:
     try:
         # artifacts only once the task has finished: while it runs, its chunks follow as updates
-        yield a2a.StreamResponse(task=view.task_of(record, status, artifacts=record.state in FINISHED_STATES)), None
+        first = view.task_of(record, status, artifacts=record.state in FINISHED_STATES)
+        yield a2a.StreamResponse(task=_with_secret(call, first)), None
         async for item in events:
             if item.event is None:
                 yield None, None  # keep-alive

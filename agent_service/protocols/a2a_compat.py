@@ -46,8 +46,25 @@ def _message_in(msg: Any) -> Any:
     return out
 
 
+def _push_in(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    if method.endswith("/set"):
+        cfg = params.get("pushNotificationConfig")
+        return {"taskId": params.get("taskId"), **(cfg if isinstance(cfg, dict) else {})}
+    return {"taskId": params.get("id"), "id": params.get("pushNotificationConfigId")}
+
+
+def _push_out(method: str, value: Any) -> Any:
+    def one(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {"taskId": cfg["taskId"], "pushNotificationConfig": {k: v for k, v in cfg.items() if k != "taskId"}}
+    if method.endswith("/list"):
+        return [one(c) for c in value["configs"]]
+    return one(value) if value else None
+
+
 def params_in(method: str, params: dict[str, Any]) -> dict[str, Any]:
     """v0.3 params as the v1.0 method reads them."""
+    if method.startswith("tasks/pushNotificationConfig/"):
+        return _push_in(method, params)
     if method not in ("message/send", "message/stream"):
         return params
     out = dict(params)
@@ -96,6 +113,8 @@ def _task(task: dict[str, Any]) -> dict[str, Any]:
 def result_out(method: str, value: Any) -> Any:
     """A v1.0 answer (Struct) as the v0.3 method answers: a Task or Message itself, not wrapped."""
     data = msgspec.to_builtins(value)
+    if method.startswith("tasks/pushNotificationConfig/"):
+        return _push_out(method, data)
     if not isinstance(data, dict):
         return data
     if "task" in data:  # SendMessageResponse / StreamResponse

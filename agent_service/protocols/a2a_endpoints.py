@@ -24,7 +24,8 @@ from agent_service.protocols.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, R
 CARD_HEADERS = {"Cache-Control": "public, max-age=300"}
 V1_METHODS = (*a2a.SCOPES, *a2a.PUSH_METHODS)
 AUDITED = {"SendMessage": ("EXECUTE", "agent"), "SendStreamingMessage": ("EXECUTE", "agent"),
-           "CancelTask": ("CANCEL", "task")}
+           "CancelTask": ("CANCEL", "task"), "CreateTaskPushNotificationConfig": ("CREATE", "webhook"),
+           "DeleteTaskPushNotificationConfig": ("DELETE", "webhook")}
 
 
 class A2ARequest(msgspec.Struct, kw_only=True):
@@ -89,7 +90,7 @@ async def agent_card(request: Request) -> Response:
 def _card(request: Request, agent_id: str | None) -> Response:
     deps = context.deps(request)
     base = str(request.base_url).rstrip("/")
-    card = a2a_card.card(deps, agent_id, base=base, push=False)
+    card = a2a_card.card(deps, agent_id, base=base, push=True)
     body = {**msgspec.to_builtins(card), **a2a_card.legacy_fields(card)}
     return json_response(body, headers=CARD_HEADERS)
 
@@ -125,7 +126,8 @@ async def a2a_rpc(request: Request) -> Response:
     except RpcError as err:
         return _answer(req.id, err)
     audited = AUDITED.get(method)
-    target = agent_id if audited and audited[1] == "agent" else str(req.params.get("id", ""))[:200] or None
+    target = agent_id if audited and audited[1] == "agent" else str(req.params.get("id") or req.params.get("taskId")
+                                                                      or "")[:200] or None
     if audited:
         context.audit(request, audited[0], audited[1], target, protocol="a2a", method=req.method)
     call = a2a.Call(deps, context.caller(request), agent_id, request_id=context.request_id(request),
