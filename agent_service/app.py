@@ -21,6 +21,7 @@ from agent_service.audit import service as audit_service
 from agent_service.compose import api_routes, provide_parts, root_routes
 from agent_service.config import Settings, load_settings
 from agent_service.identity import accounts
+from agent_service.identity import cache as auth_cache
 from agent_service.identity import service as identity_service
 from agent_service.identity.auth_backend import ApiAuthBackend, CredentialError
 from agent_service.identity.schemas import Principal
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         deps = await open_deps(settings)
         provide_parts(deps)
+        auth_cache.cache(deps)  # subscribes to the invalidations before the first request
         await audit_service.start_writer(deps)
         await accounts.ensure_bootstrap_admin(deps)
         app.state.deps = deps

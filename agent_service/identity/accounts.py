@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 from agent_service.errors import Conflict, Forbidden, NotFound
+from agent_service.identity import cache as rows
 from agent_service.identity import keys as key_material
 from agent_service.identity import repository as repo
 from agent_service.identity.passwords import hash_password_async
@@ -88,9 +89,10 @@ async def update_user(deps: Deps, user_id: str, body: UserUpdate) -> UserOut:
         deps.db, user_id, now=now, roles=tuple(dict.fromkeys(body.roles)) if body.roles else None,
         is_active=body.is_active, tier=body.tier, name=body.name,
     )
+    await rows.invalidate_user(deps, user_id)  # every web process reads the new row from now on
     if body.is_active is False:
         # a deactivated user's refresh tokens die with the account; access tokens and keys are
-        # refused at once because every request re-reads the user
+        # refused at once: the invalidation above reaches every web process's cached row (identity/cache.py)
         await repo.revoke_user_refresh(deps.db, user_id, now=now)
     return user_out(deps, await get_user(deps, user_id))
 
@@ -166,6 +168,7 @@ async def list_keys(deps: Deps, principal: Principal, *, limit: int, cursor: str
 async def revoke_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyRecord:
     key = await get_key(deps, principal, key_id)
     await repo.revoke_key(deps.db, key.id, now=deps.clock())
+    await rows.invalidate_key(deps, key.id)
     return key
 
 
@@ -182,6 +185,7 @@ async def rotate_key(deps: Deps, principal: Principal, key_id: str) -> ApiKeyCre
     tier = lower_tier(old.tier, principal.tier)  # a downgraded user's rotated key comes down too
     _check_grant(principal, list(old.scopes), tier)
     await repo.revoke_key(deps.db, old.id, now=deps.clock())
+    await rows.invalidate_key(deps, old.id)
     days = None
     if old.expires_at is not None:
         days = max(1, (old.expires_at - deps.clock()).days)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from agent_service.config import Settings
 from agent_service.errors import Unauthorized
+from agent_service.identity import cache as rows
 from agent_service.identity import keys as key_material
 from agent_service.identity import login_throttle
 from agent_service.identity import repository as repo
@@ -110,7 +111,7 @@ async def principal_from_bearer(deps: Deps, token: str) -> Principal:
     claims = await deps.part(AuthKit.of).verifier.verify(token, now=deps.clock())
     if claims.get("iss") != deps.settings.jwt_issuer:
         return _external_principal(deps, claims)
-    user = await repo.get_user(deps.db, str(claims["sub"]))
+    user = await rows.get_user(deps, str(claims["sub"]))
     if user is None or not user.is_active:
         raise Unauthorized("The account behind this token is not active.", code="inactive_user")
     return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=user_scopes(user),
@@ -121,7 +122,7 @@ async def principal_from_stream_token(deps: Deps, token: str, task_id: str) -> P
     """The caller behind `?token=` on one task's events route: read-only, and only that task."""
     kit = deps.part(AuthKit.of)
     user_id = verify_stream_token(deps.settings, kit.secret, token, task_id=task_id, now=deps.clock())
-    user = await repo.get_user(deps.db, user_id)
+    user = await rows.get_user(deps, user_id)
     if user is None or not user.is_active:
         raise Unauthorized("The account behind this token is not active.", code="inactive_user")
     return Principal(user_id=user.id, email=user.email, roles=user.roles, scopes=("tasks:read",),
@@ -152,16 +153,18 @@ async def principal_from_api_key(deps: Deps, raw: str) -> Principal:
     invalid = Unauthorized("The API key is invalid, expired or revoked.", code="invalid_api_key")
     if not key_material.well_formed(raw):
         raise invalid
-    key = await repo.key_by_hash(deps.db, key_material.hash_key(raw))
+    key = await rows.key_by_hash(deps, key_material.hash_key(raw))
     now = deps.clock()
     if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         raise invalid
-    user = await repo.get_user(deps.db, key.user_id)
+    user = await rows.get_user(deps, key.user_id)
     if user is None or not user.is_active:
         raise invalid
-    if key.last_used_at is None or (now - key.last_used_at).total_seconds() >= TOUCH_EVERY_SECONDS:
-        # decided on the row already read, so most requests take no write lock; and best effort:
-        # a busy or locked database must not refuse a request that only reads
+    if ((key.last_used_at is None or (now - key.last_used_at).total_seconds() >= TOUCH_EVERY_SECONDS)
+            and rows.cache(deps).should_touch(key.id, TOUCH_EVERY_SECONDS)):
+        # decided on the row already read (and, its copy being cached, on this process's last write),
+        # so most requests take no write lock; and best effort: a busy or locked database must not
+        # refuse a request that only reads
         with contextlib.suppress(DatabaseUnavailable):
             await repo.touch_key(deps.db, key.id, now=now, every_seconds=TOUCH_EVERY_SECONDS)
     # a key never holds more than its user may today: a demoted admin's keys lose `admin`/`audit:read`,
