@@ -87,6 +87,8 @@ def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def refusal(ip: IP, *, allow_private: bool) -> str | None:
     """Why `ip` may not be called, or None if it may."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None or ip in _NAT64:  # an IPv4 destination written as IPv6: judged as that
+            return refusal(_embedded_v4(ip) or ip.ipv4_mapped or ip, allow_private=allow_private)
         inner = _embedded_v4(ip)
         if inner is not None and (why := refusal(inner, allow_private=allow_private)):
             return why

@@ -17,6 +17,8 @@ from typing import Any
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from agent_service.kit.ssrf import SystemResolver
+
 
 @dataclass
 class Received:
@@ -103,9 +105,12 @@ def running_receiver(*secrets: str) -> Iterator[Receiver]:
 
 @dataclass
 class StaticResolver:
-    """A resolver answering from a table the test changes as it goes (a DNS answer that changes)."""
+    """A resolver answering from a table the test changes as it goes (a DNS answer that changes);
+    other names go to the system's resolver (`localhost` resolves as it always does)."""
 
     answers: dict[str, list[str]] = field(default_factory=dict)
 
     async def resolve(self, host: str, port: int) -> list[str]:
-        return list(self.answers.get(host, []))
+        if host in self.answers:
+            return list(self.answers[host])
+        return await SystemResolver().resolve(host, port)
