@@ -15,7 +15,7 @@ from agent_service.errors import ServiceUnavailable, TooManyRequests
 from agent_service.kit.client_ip import client_ip
 from agent_service.kit.deps import Deps
 from agent_service.kit.endpoint import Caller, Limits
-from agent_service.kit.ratelimit import Limit, headers
+from agent_service.kit.ratelimit import Limit, Quota, headers
 from agent_service.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +47,11 @@ async def unauthenticated(scope: Scope) -> None:
                               f"{hdrs['Retry-After']} s.", code="too_many_auth_failures", headers=hdrs)
 
 
+def _quota(deps: Deps) -> Quota:
+    """The process's leases of the API buckets (the same buckets, and keys, as `deps.limiter`'s)."""
+    return Quota(deps.redis, prefix=f"{deps.settings.redis_key_prefix}rl:")
+
+
 def _limit_for(settings: Settings, kind: str, tier: str) -> Limit:
     if kind == "login":
         return Limit(settings.rate_limit_login_per_ip)
@@ -74,7 +79,7 @@ async def check(request: Request, limits: Limits, principal: Caller | None) -> d
     fail_open = request.method in ("GET", "HEAD")
     key = f"{kind}:{who}"
     try:
-        decision = await deps.limiter.hit([(key, limit)])
+        decision = await deps.part(_quota).take(key, limit)
     except ServiceUnavailable:
         mode = "open" if fail_open else ("local" if local_fallback else "closed")
         log.warning("ratelimit.unavailable", failing=mode, path=request.url.path)

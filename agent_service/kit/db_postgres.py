@@ -51,6 +51,12 @@ def _unavailable(exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable()
 
 
+async def _keep_session(_: Any) -> None:
+    """The pool's reset on release, after asyncpg's own rollback of an open transaction. Nothing
+    here leaves session state behind (no LISTEN, session advisory lock, cursor or SET), so the
+    default reset query would be a second round trip per statement for nothing."""
+
+
 class _Tx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -84,7 +90,8 @@ class PostgresDatabase:
             # min_size=0: the pool starts (and the process serves what needs no SQL) even while the
             # server is down; connections are made on demand and remade after a restart
             pool = await asyncpg.create_pool(url, min_size=min(min_size, max_size), max_size=max_size,
-                                             command_timeout=command_timeout, timeout=acquire_timeout)
+                                             command_timeout=command_timeout, timeout=acquire_timeout,
+                                             reset=_keep_session)
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from None
         return cls(pool, acquire_timeout=acquire_timeout)

@@ -6,10 +6,18 @@ emission interval T = period / limit; it is allowed while TAT - now stays within
 Several keys can be checked together (a job's own bucket and the global one): all are charged
 only if all allow, so a denial never uses up another bucket. Time is Redis's TIME, so web
 processes with skewed clocks agree; tests may pass `now_ms` instead.
+
+`Quota` is the API's way in: a process takes a few tokens of a bucket at once (a lease, at most
+1 % of the limit, never more than half of what the bucket still holds) and spends them locally
+for up to LEASE_SECONDS, so a busy caller costs one Redis round trip per lease instead of one per
+request. Leased tokens are charged before they are spent: every process together never admits
+more than the limit. What a lease leaves unspent is given back with the next lease. Limits under
+100 per period lease one token at a time: exactly the per-request behaviour.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +67,33 @@ return {1, first_remaining, 0, math.ceil(first_reset)}
 """
 
 
+# Take up to ARGV[4] tokens (never more than half of what is left, at least one), after giving
+# back ARGV[5] unspent ones. Returns {granted, remaining, wait ms, reset ms}; granted 0 = denied.
+_LEASE = """
+local now = tonumber(ARGV[1])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local t_ms = tonumber(ARGV[2])
+local burst = t_ms * tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) - t_ms * tonumber(ARGV[5])
+if tat < now then tat = now end
+local available = math.floor((burst - (tat - now)) / t_ms + 1e-9)
+if available < 1 then
+  if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[1], tat, 'PX', math.max(1, math.ceil(tat - now))) end
+  return {0, 0, math.ceil(tat + t_ms - burst - now), math.ceil(tat - now)}
+end
+local granted = math.max(1, math.min(tonumber(ARGV[4]), math.floor(available / 2)))
+local new_tat = tat + t_ms * granted
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(new_tat - now)))
+return {granted, math.floor((burst - (new_tat - now)) / t_ms + 1e-9), 0, math.ceil(new_tat - now)}
+"""
+LEASE_SECONDS = 1.0  # a lease's tokens are spent within this, or given back
+LEASE_FRACTION = 100  # a lease holds at most limit / this tokens
+LEASE_MAX = 50
+
+
 class Limit(msgspec.Struct, frozen=True):
     limit: int  # requests per period
     period: float = 60.0  # seconds
@@ -88,6 +123,84 @@ class RateLimiter:
         )
         return Decision(allowed=bool(allowed), limit=checks[0][1].limit, remaining=int(remaining),
                         reset_after=int(reset_ms) / 1000, retry_after=int(wait_ms) / 1000)
+
+
+class _Lease:
+    __slots__ = ("left", "remaining", "reset_ms", "taken_at")
+
+    def __init__(self, left: int, remaining: int, reset_ms: float, taken_at: float) -> None:
+        self.left = left  # tokens of this lease not spent yet
+        self.remaining = remaining  # what the bucket held once the lease was taken
+        self.reset_ms = reset_ms
+        self.taken_at = taken_at
+
+
+class Quota:
+    """Leases of GCRA buckets (see the module docstring): one process's view of the API limits."""
+
+    def __init__(self, redis: Redis, *, prefix: str = "rl:", clock: Callable[[], float] = time.monotonic) -> None:
+        self._prefix = prefix
+        self._script = redis.register_script(_LEASE)
+        self._clock = clock
+        self._leases: dict[str, _Lease] = {}
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+
+    async def take(self, key: str, lim: Limit) -> Decision:
+        """One token of `key`'s bucket; a Decision as RateLimiter.hit's. Raises QueueUnavailable
+        when a lease is needed and Redis cannot give one."""
+        for _ in range(8):  # a lease being taken by another request of this process: wait and share it
+            if (decision := self._spend(key, lim)) is not None:
+                return decision
+            waiting = self._inflight.get(key)
+            if waiting is None:
+                break
+            await asyncio.shield(waiting)
+        else:
+            return await self._lease(key, lim)  # outrun by others eight times: take one of our own
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = done
+        try:
+            return await self._lease(key, lim)
+        finally:
+            del self._inflight[key]
+            done.set_result(None)
+
+    def _spend(self, key: str, lim: Limit) -> Decision | None:
+        lease = self._leases.get(key)
+        if lease is None or lease.left < 1 or self._clock() - lease.taken_at >= LEASE_SECONDS:
+            return None
+        lease.left -= 1
+        t_ms = lim.period * 1000.0 / lim.limit
+        return Decision(allowed=True, limit=lim.limit, remaining=lease.remaining + lease.left,
+                        reset_after=max(0.0, lease.reset_ms - lease.left * t_ms) / 1000, retry_after=0)
+
+    @redis_guard
+    async def _lease(self, key: str, lim: Limit) -> Decision:
+        old = self._leases.pop(key, None)
+        unspent = old.left if old is not None else 0
+        want = max(1, min(LEASE_MAX, lim.limit // LEASE_FRACTION))
+        try:
+            granted, remaining, wait_ms, reset_ms = await self._script(
+                keys=[self._prefix + key], args=[-1, lim.period * 1000.0 / lim.limit, lim.limit, want, unspent])
+        except BaseException:
+            if old is not None:
+                self._leases[key] = old  # not given back: still ours to spend
+            raise
+        granted = int(granted)
+        if granted < 1:
+            return Decision(allowed=False, limit=lim.limit, remaining=int(remaining), reset_after=int(reset_ms) / 1000,
+                            retry_after=int(wait_ms) / 1000)
+        lease = _Lease(granted - 1, int(remaining), float(reset_ms), self._clock())
+        if (other := self._leases.get(key)) is not None:  # taken meanwhile beside this one: keep both's tokens
+            lease.left += other.left
+        if lease.left > 0:
+            self._leases[key] = lease
+            if len(self._leases) > 100_000:  # bounded: forget the stale ones (their tokens come back with time)
+                now = self._clock()
+                self._leases = {k: v for k, v in self._leases.items() if now - v.taken_at < LEASE_SECONDS}
+        t_ms = lim.period * 1000.0 / lim.limit
+        return Decision(allowed=True, limit=lim.limit, remaining=lease.remaining + lease.left,
+                        reset_after=max(0.0, lease.reset_ms - lease.left * t_ms) / 1000, retry_after=0)
 
 
 def headers(decision: Decision) -> dict[str, str]:
