@@ -133,6 +133,14 @@ async def test_retries_follow_the_schedule_under_one_id(
     assert errors[3] is None and d["attempts"] == 4
     assert receiver.ids() == [d["id"]] * 4  # one id for every attempt: receivers dedupe on it
     assert all(r.verified_by for r in receiver.received)
+    expected = [f'agent_webhook_deliveries_{what}_total{{event="task.succeeded"}} {n}.0'
+                for what, n in (("attempted", 4), ("failed", 3), ("succeeded", 1))]
+
+    async def counted() -> bool:  # by the worker (its counts are flushed in batches), exported by the web
+        text = (await api.get("/metrics")).text
+        return all(line in text for line in expected)
+
+    await wait_for(counted, timeout=10)
 
 
 async def test_a_worker_restart_loses_nothing(

@@ -142,7 +142,11 @@ async def check(deps: Deps, url: str) -> Target:
     try:
         addresses: list[IP] = [ipaddress.ip_address(host)]
     except ValueError:
-        answers = await deps.part(resolver).resolve(host.encode("idna").decode(), port)
+        try:  # a registration must not hang on a slow DNS server either
+            async with asyncio.timeout(deps.settings.webhook_timeout):
+                answers = await deps.part(resolver).resolve(host.encode("idna").decode(), port)
+        except TimeoutError:
+            raise UnsafeUrl(f"The host {host} did not resolve within {deps.settings.webhook_timeout:g} s.") from None
         addresses = []
         for answer in answers:
             try:
