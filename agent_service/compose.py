@@ -23,6 +23,7 @@ from agent_service.sessions import jobs as sessions_jobs
 from agent_service.tasks import admin_endpoints as task_admin
 from agent_service.tasks import endpoints as tasks
 from agent_service.tasks import lifecycle
+from agent_service.tasks import ws_endpoints as task_sockets
 from agent_service.webhooks import endpoints as webhooks
 from agent_service.webhooks import service as webhook_service
 from agent_service.webhooks.jobs import Waker
@@ -38,7 +39,7 @@ MAINTENANCE: tuple[MaintenanceJob, ...] = (
 def api_routes() -> list[BaseRoute]:
     """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
     return [*tasks.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
-            *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes]
+            *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes, *task_sockets.routes]
 
 
 def root_routes() -> list[BaseRoute]:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -89,6 +89,9 @@ class Docs(msgspec.Struct, frozen=True, kw_only=True):
     # Server-Sent Events: the Struct types of the events the stream carries
     events: tuple[type, ...] = ()
     media_type: str | None = None  # a non-JSON success body (HTML, text)
+    # a file in one of several formats (an export, picked by a query parameter): a JSON-lines type
+    # documents one line as `response`, any other is text
+    media_types: tuple[str, ...] = ()
     headers: tuple[str, ...] = ()  # documented request headers (see the builder's HEADER_DOCS)
     body_required: bool = True
     form: type | None = None  # an alternative application/x-www-form-urlencoded body
@@ -131,7 +134,7 @@ def spec_of(fn: object) -> EndpointSpec:
 LimitCheck = Callable[[Request, Limits, Caller | None], Awaitable[dict[str, str]]]
 
 
-def caller_of(request: Request) -> Caller | None:
+def caller_of(request: HTTPConnection) -> Caller | None:
     principal: Caller | None = getattr(request.scope.get("user"), "principal", None)
     return principal
 

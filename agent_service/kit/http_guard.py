@@ -19,6 +19,7 @@ from uvicorn.server import ServerState
 from agent_service.config import Settings
 from agent_service.kit.client_ip import parse_trusted
 from agent_service.kit.schemas import Problem
+from agent_service.kit.ws import MAX_MESSAGE_BYTES
 
 LINGER = 2.0  # after an error answer: how long unread bytes are drained before the socket is closed
 _PROBLEM = b"application/problem+json"
@@ -192,4 +193,5 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.http_max_connections + 1,
         "timeout_keep_alive": settings.http_keepalive_timeout,
         "timeout_graceful_shutdown": 10,
+        "ws_max_size": MAX_MESSAGE_BYTES,  # a larger WebSocket frame closes the connection (1009) unread
     }

@@ -4,9 +4,11 @@ status, the list, cancel and live events."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
+import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from agent_service.agents.schemas import InvokeAsyncRequest
 from agent_service.errors import ValidationFailed
@@ -15,13 +17,15 @@ from agent_service.identity.schemas import StreamToken
 from agent_service.kit import context, sse
 from agent_service.kit.endpoint import Docs, Link, Scoped, endpoint, route
 from agent_service.kit.io import json_response, read_json, read_query
-from agent_service.tasks import follow, service
+from agent_service.tasks import export, follow, service
 from agent_service.tasks.schemas import (
     ChunkEvent,
     EventsQuery,
+    ExportQuery,
     ProgressEvent,
     StateEvent,
     TaskAccepted,
+    TaskExportRow,
     TaskPage,
     TaskQuery,
     TaskStatus,
@@ -190,9 +194,47 @@ async def stream_token(request: Request) -> Response:
     return json_response(token, status=201, headers=NO_STORE)
 
 
+@endpoint(
+    auth=Scoped("tasks:read"),
+    docs=Docs(
+        summary="Export tasks", tag="Background Jobs", query=ExportQuery, response=TaskExportRow,
+        media_types=(export.MEDIA_TYPES["jsonl"], export.MEDIA_TYPES["csv"]), errors=(401, 403, 422, 503),
+        description="Every task of mine matching the filters, newest first, with its input and its result "
+        "(while kept, JOB_RESULT_TTL seconds; `null` after), as a download (`Content-Disposition: attachment; "
+        "filename=\"tasks-<date>.<format>\"`). `format=jsonl` (the default): one JSON `TaskExportRow` per "
+        "line. `format=csv`: a header line, then one row per task with the same columns, `result` as JSON "
+        "and its `content` in `result_content`; a cell that a spreadsheet would run as a formula (starting "
+        "with = + - @) begins with `'`. The body streams, so any number of tasks can be exported; one that "
+        "fails midway ends without completing the transfer. Admins export everyone's, or one user's with "
+        "`owner`.",
+    ),
+)
+async def export_tasks(request: Request) -> Response:
+    query = read_query(request, ExportQuery)
+    context.audit(request, "EXPORT", "task", None, format=query.format,
+                  filters={k: v for k, v in msgspec.to_builtins(query).items() if v is not None and k != "format"})
+    opened = await export.open_export(context.deps(request), query, owner_id=context.owner_id(request),
+                                      is_admin=context.is_admin(request))
+    requested = context.audit_request(request.scope)
+    audit_meta = requested[3] if requested else {}
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in opened.chunks():
+                yield chunk
+        finally:  # the audit entry is written when the answer is done: with what was sent
+            audit_meta.update(rows=opened.rows, complete=opened.complete)
+
+    disposition = f'attachment; filename="{opened.filename}"'
+    return StreamingResponse(body(), media_type=opened.media_type,
+                             headers={**NO_STORE, "Content-Disposition": disposition})
+
+
 routes = [
     # before the agent routes: "/agents/tasks/..." must not be taken for an agent id
     route("/agents/tasks", list_tasks, ["GET"]),
+    # before `{task_id}`: "export" is no task id
+    route("/agents/tasks/export", export_tasks, ["GET"]),
     route("/agents/tasks/{task_id}", get_task, ["GET"]),
     route("/agents/tasks/{task_id}/status", get_task, ["GET"]),
     route("/agents/tasks/{task_id}/cancel", cancel_task, ["POST"]),

@@ -99,6 +99,12 @@ async def open_events(
     return EventStream(_follow(deps, task_id, last_event_id or "0", record.state, deadline), release)
 
 
+def follow_items(deps: Deps, task_id: str, *, after: str, state: str, deadline: float) -> AsyncGenerator[Item, None]:
+    """The items of `open_events` without its checks or a slot of its own: for a caller that did
+    both (a WebSocket subscription, whose connection holds the slot)."""
+    return _follow(deps, task_id, after, state, deadline)
+
+
 def _closing(state: str | None) -> Item:
     # finished, and everything after the last id was already sent (or expired): a closing state
     # event without an id, so a reconnect still resumes from the last real one

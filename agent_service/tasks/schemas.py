@@ -10,7 +10,7 @@ import msgspec
 
 from agent_service.audit.schemas import AuditArchive
 from agent_service.identity.schemas import BlacklistCleanup
-from agent_service.kit.schemas import PageQuery
+from agent_service.kit.schemas import PageQuery, Query
 from agent_service.kit.sse import StreamError
 from agent_service.kit.tempfiles import TempFilesCleanup
 from agent_service.sessions.schemas import SessionsCleanup
@@ -185,3 +185,51 @@ class MaintenanceInfo(msgspec.Struct, kw_only=True):
 
 class MaintenanceList(msgspec.Struct, kw_only=True):
     jobs: list[MaintenanceInfo]
+
+
+# --- export (GET /agents/tasks/export) ---------------------------------------------------------
+
+ExportFormat = Literal["jsonl", "csv"]
+ExportTime = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with an offset
+
+
+class ExportQuery(Query):
+    """The export's filters; they combine with AND. `since` is inclusive and `until` exclusive, both
+    on `created_at`."""
+
+    format: Annotated[ExportFormat, msgspec.Meta(
+        description="`jsonl` (one JSON `TaskExportRow` per line) or `csv` (the same columns).")] = "jsonl"
+    state: Annotated[TaskState | None, msgspec.Meta(description="Only tasks in this state.")] = None
+    agent_id: Annotated[Annotated[str, msgspec.Meta(max_length=64)] | None, msgspec.Meta(
+        description="Only tasks of this agent.")] = None
+    since: Annotated[ExportTime | None, msgspec.Meta(description="Tasks created at or after this time.")] = None
+    until: Annotated[ExportTime | None, msgspec.Meta(description="Tasks created before this time.")] = None
+    owner: Annotated[Annotated[str, msgspec.Meta(max_length=64)] | None, msgspec.Meta(
+        description="Admins: only this user's tasks (without it, everyone's).")] = None
+
+
+class TaskExportRow(msgspec.Struct, kw_only=True):
+    """One task of an export: its durable record, its input and its result while Redis keeps it
+    (JOB_RESULT_TTL; null after, or for a task without one). `result.chunks` are left out: `content`
+    holds the whole answer."""
+
+    task_id: str
+    owner_id: str | None
+    agent_id: str | None
+    kind: str
+    state: TaskState
+    status: TaskStatusWord
+    priority: str | None
+    tries: int
+    retries: int
+    worker_losses: int
+    error: str | None
+    error_code: str | None
+    session_id: str | None
+    request_id: str | None
+    message: str | None  # the invocation's input (agent tasks)
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    scheduled_for: datetime | None
+    result: TaskResult | None

@@ -93,6 +93,8 @@ def _success(spec: EndpointSpec) -> dict[str, Any]:
         ok["headers"] = headers
     if docs.events:
         ok["content"] = streams.media(docs.events)
+    elif docs.media_types:
+        ok["content"] = _files(docs)
     elif docs.response is not None:
         ok["content"] = _json(docs.response)
     elif docs.media_type == "application/json":  # a JSON document of no Struct (this very document)
@@ -104,6 +106,21 @@ def _success(spec: EndpointSpec) -> dict[str, Any]:
         ok["links"] = {link.name: {"operationId": link.operation, "parameters": dict(link.parameters),
                                    "description": link.description} for link in docs.links}
     return ok
+
+
+def _files(docs: Docs) -> dict[str, Any]:
+    """One entry per format. A JSON-lines body is described by one line (as a `text/event-stream`
+    one is by one event: OpenAPI 3.1 has no item schema); any other format is text. Generated
+    clients take the first type they know, text."""
+    content: dict[str, Any] = {}
+    for media in docs.media_types:
+        if media.endswith(("ndjson", "jsonl")) and docs.response is not None:
+            content[media] = {"schema": {**_ref(docs.response), "description": f"One line: a JSON "
+                                         f"`{docs.response.__name__}`; the body is one per line."},
+                              "examples": {"example": {"value": example_for(docs.response)}}}
+        else:
+            content[media] = {"schema": {"type": "string"}, "examples": {"example": {"value": "…"}}}
+    return content
 
 
 def _problem(code: int) -> dict[str, Any]:

@@ -33,6 +33,24 @@ shared by every server process. Responses carry `RateLimit-Limit`, `RateLimit-Re
    `GET /api/v1/agents/tasks/{task_id}/events` live).
 3. Read `result.content`. Cancel with `POST /api/v1/agents/tasks/{task_id}/cancel`.
 
+## Following many tasks over one WebSocket
+`GET /api/v1/ws` is a WebSocket (OpenAPI has no WebSocket operations, so it is described here).
+Authenticate with the `X-API-Key` or `Authorization` header of the upgrade or, from a browser
+(which cannot set those), with a first message `{"type": "auth", "token": "<JWT or API key>"}`
+within 5 s (else close 4401); the caller needs `tasks:read` (else 4403). A page's `Origin` must be
+one CORS_ORIGINS allows or this server's own, else the upgrade is refused with 403. The server
+says `{"type": "ready", …}`; then send `{"type": "subscribe", "task_id": "…", "last_event_id": "…"}`
+(the id is optional: resume after it) and `{"type": "unsubscribe", "task_id": "…"}`, as many as
+you like. Each event arrives as `{"type": "event", "task_id", "id", "event"}`, `event` being the
+same typed event, with the same `id`, as `GET /api/v1/agents/tasks/{task_id}/events` sends;
+`{"type": "unsubscribed", "reason": "finished"}` follows a task's last one. A bad message or
+subscription gets `{"type": "error", "code", "status", "detail", "task_id"?}` and the connection
+goes on (someone else's task: `task_not_found`, 404). Bounds: a connection is one of the
+STREAM_MAX_PER_USER live streams (beyond: `too_many_streams`, then close 1013), follows at most
+100 tasks, and each `subscribe` counts against the rate limit; after STREAM_MAX_SECONDS the server
+sends `{"type": "reconnect", "last_event_ids": {…}}` and closes with 4000: connect again and
+subscribe with those ids to miss nothing. `{"type": "ping"}` is answered with `pong`.
+
 Errors are `application/problem+json` (RFC 9457) with the JSON path of each bad field.
 """.strip()
 
