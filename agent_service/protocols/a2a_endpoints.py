@@ -5,6 +5,7 @@ events are JSON-RPC responses, each with its event id."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from agent_service.protocols import a2a, a2a_card, a2a_compat, jsonrpc
 from agent_service.protocols import a2a_schemas as schemas
 from agent_service.protocols.jsonrpc import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
 
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")  # as tasks' events route checks it
 CARD_HEADERS = {"Cache-Control": "public, max-age=300"}
 V1_METHODS = (*a2a.SCOPES, *a2a.PUSH_METHODS)
 AUDITED = {"SendMessage": ("EXECUTE", "agent"), "SendStreamingMessage": ("EXECUTE", "agent"),
@@ -124,7 +126,8 @@ async def a2a_rpc(request: Request) -> Response:
     try:
         _check(request, agent_id, method)
     except RpcError as err:
-        return _answer(req.id, err)
+        err.rid = req.id
+        return _answer(req.id, err, request)
     audited = AUDITED.get(method)
     target = agent_id if audited and audited[1] == "agent" else str(req.params.get("id") or req.params.get("taskId")
                                                                       or "")[:200] or None
@@ -161,6 +164,10 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _check(request: Request, agent_id: str, method: str) -> None:
+    resume = request.headers.get("last-event-id")
+    if resume is not None and not _EVENT_ID.match(resume):
+        raise RpcError(INVALID_REQUEST, "Last-Event-ID is not an event id (`<ms>-<seq>`, the `metadata.eventId` "
+                       "of an event).", reason="invalid_last_event_id", http_status=400)
     if method not in V1_METHODS:
         raise RpcError(METHOD_NOT_FOUND, "Method not found", reason="method_not_found")
     version = request.headers.get("a2a-version", "").strip()
