@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 
 from agent_service.config import Settings
+from agent_service.errors import NotFound
 from agent_service.kit.deps import Deps
 from agent_service.webhooks import dispatch
 from agent_service.webhooks import service as webhooks
+from agent_service.webhooks.schemas import SubscriptionCreate
 from tests.support.apps import Client, add_user, app_client
 from tests.support.clock import FakeClock
 from tests.support.tasks import finished, submit
@@ -108,6 +110,25 @@ async def test_a_task_webhook_and_a_subscription_each_get_one_signed_delivery(
     mine = (await api.get(f"/api/v1/agents/tasks/{task_id}/webhook-deliveries")).json()["items"]
     assert {x["subscription_id"] for x in mine} == {sub["id"], None}
     assert {x["id"] for x in mine} == set(receiver.ids())
+
+
+async def test_a_retry_and_a_failure_are_events_too(
+        api: Client, hook_settings: Settings, start_worker: Start, receiver: Receiver) -> None:
+    sub = await subscribe(api, receiver, receiver.url + "?sub", events=["task.retrying", "task.succeeded"])
+    await worker_deps(start_worker, hook_settings)
+    flaky = await submit(api, {"message": "flaky", "metadata": {"fail": "transient", "fail_times": 1}})
+    await finished(api, flaky)
+    resp = await api.post("/api/v1/agents/echo/invoke-async", json={
+        "message": "doomed", "metadata": {"fail": "permanent"}, "webhook": {"url": receiver.url + "?task"}})
+    receiver.secrets.append(resp.json()["webhook_secret"])
+    await finished(api, resp.json()["task_id"])
+    await wait_for(lambda: len(receiver.received) >= 3, timeout=15)
+    seen = [(r.path, r.body["type"], r.body["data"]["task_id"]) for r in receiver.received]
+    assert sorted(seen) == sorted([("/hook?sub", "task.retrying", flaky), ("/hook?sub", "task.succeeded", flaky),
+                                   ("/hook?task", "task.failed", resp.json()["task_id"])])
+    failed = next(r for r in receiver.received if r.body["type"] == "task.failed")
+    assert failed.body["data"]["error"] == "echo: simulated permanent failure" and failed.verified_by
+    assert {x["event"] for x in await deliveries(api, sub["id"])} == {"task.retrying", "task.succeeded"}
 
 
 async def test_retries_follow_the_schedule_under_one_id(
@@ -243,6 +264,13 @@ async def test_other_domains_enqueue_events_and_limits_hold(
     assert r.verified_by == [sub["secret"]]
     with pytest.raises(ValueError):
         await webhooks.enqueue_event(deps, owner, "batch.exploded", {})
+    # one task's events only (what A2A push notifications use): for the owner's own tasks alone
+    task_id = await submit(api, {"message": "just this one"})
+    only = await webhooks.create_subscription(deps, owner, SubscriptionCreate(url=receiver.url), task_id=task_id)
+    assert only.task_id == task_id
+    with pytest.raises(NotFound):
+        await webhooks.create_subscription(deps, "someone-else", SubscriptionCreate(url=receiver.url), task_id=task_id)
+    await webhooks.delete_subscription(deps, owner, only.id)
     for _ in range(hook_settings.webhook_max_subscriptions - 1):
         await subscribe(api, receiver)
     over = await api.post("/api/v1/webhooks", json={"url": receiver.url})

@@ -66,6 +66,8 @@ async def create_subscription(deps: Deps, owner_id: str, body: SubscriptionCreat
     """A subscription of `owner_id` (of one task's events only, with `task_id`); the URL is refused
     with a 422 on `$.url` unless the SSRF guard passes it. The secret is in this answer only."""
     await ssrf.validate(deps, body.url, path="$.url")
+    if task_id is not None:  # only the owner's own task (someone else's is a 404, as everywhere)
+        await tasks.get_record(deps, task_id, owner_id=owner_id, is_admin=False)
     now = deps.clock()
     rec = SubscriptionRecord(
         id=f"wh_{uuid.uuid4().hex}", owner_id=owner_id, url=body.url, events=list(body.events or EVENT_TYPES),
