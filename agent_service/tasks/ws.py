@@ -113,7 +113,7 @@ class Connection:
         receiving: asyncio.Task[str | bytes | None] | None = None
         try:
             await self.send(Ready(user_id=self._caller.user_id, max_subscriptions=MAX_SUBSCRIPTIONS,
-                                  expires_in=max(0, int(self._deadline - loop.time()))))
+                                  expires_in=max(0, round(self._deadline - loop.time()))))
             while True:
                 left = self._deadline - loop.time()
                 if left <= 0:
