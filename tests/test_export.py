@@ -1,6 +1,7 @@
 """GET /api/v1/agents/tasks/export: the caller's tasks with their results as JSON lines or CSV,
 streamed in constant memory (a real uvicorn's RSS, and tracemalloc in process), every row once,
-filters, ownership (another user's tasks never; an admin's `owner=`), the audit entry, limits."""
+filters, ownership (another user's tasks never; an admin's `owner=`), the audit entry, limits, and a
+Redis that cannot be read answered with a 503 before the body starts."""
 
 from __future__ import annotations
 
@@ -255,3 +256,15 @@ async def owner_of(deps: Deps, email: str) -> str:
     row = await deps.db.fetchone("SELECT id FROM users WHERE email = ?", (email,))
     assert row is not None
     return str(row[0])
+
+
+async def test_results_unreadable_at_the_start_is_a_503_before_any_byte(make_settings: Callable[..., Settings]) -> None:
+    async with app_client(make_settings()) as client:
+        await insert(client.app.state.deps, await user_id(client), 3)
+        key = client.headers["X-API-Key"]
+    # the same database, and a Redis that is not there
+    async with app_client(make_settings(redis_url="redis://127.0.0.1:9/0", rate_limit_enabled=False),
+                          authenticated=False) as client:
+        resp = await client.get(EXPORT, headers={"X-API-Key": key})
+        assert_problem(resp, 503, "queue_unavailable")
+        assert resp.headers["retry-after"] and "content-disposition" not in resp.headers
