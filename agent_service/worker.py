@@ -42,10 +42,11 @@ def build_worker_settings(settings: Settings) -> type:
         ctx["deps"] = deps
         ctx["heartbeat"] = asyncio.create_task(heartbeat(deps, settings.worker_health_interval))
         ctx["sweeper"] = asyncio.create_task(run_sweeper(deps))
+        ctx["webhooks"] = asyncio.create_task(webhook_jobs.run_dispatcher(deps))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps: Deps | None = ctx.get("deps")
-        for name in ("heartbeat", "sweeper"):
+        for name in ("heartbeat", "sweeper", "webhooks"):
             background: asyncio.Task[None] | None = ctx.get(name)
             if background is not None:
                 background.cancel()
@@ -58,8 +59,8 @@ def build_worker_settings(settings: Settings) -> type:
         error_reporting.shutdown()
 
     attrs = {
-        "functions": jobs.agent_functions(settings),
-        "cron_jobs": [*jobs.maintenance_crons(settings, MAINTENANCE), *webhook_jobs.crons(settings)],
+        "functions": [*jobs.agent_functions(settings), *webhook_jobs.functions(settings)],
+        "cron_jobs": jobs.maintenance_crons(settings, MAINTENANCE),
         "redis_settings": redis_settings(settings) if settings.redis_url else None,
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

@@ -177,8 +177,8 @@ async def test_a_worker_restart_loses_nothing(
     deps: Deps = await wait_for(lambda: first.ctx.get("deps"))
     deps.clock = clock
     await wait_for(lambda: len(receiver.received) == 1, timeout=15)
-    # the worker dies mid-attempt: its jobs stop where they are, nothing is recorded
-    for job in list(first.tasks.values()):
+    # the worker dies mid-attempt: its jobs and its delivery loop stop where they are, nothing is recorded
+    for job in [*first.tasks.values(), first.ctx["webhooks"]]:
         job.cancel()
     await first.close()
     [pending] = await deliveries(api, sub["id"])

@@ -1,11 +1,15 @@
-"""The arq side of webhooks: the delivery pass (webhooks/dispatch.py) as an arq job.
+"""How delivery passes (webhooks/dispatch.py) are started, on any worker.
 
-Two things start a pass, on any worker: a cron every WEBHOOK_POLL_SECONDS (each slot runs once
-across the workers), which picks up retries as they fall due and anything a wake-up missed; and
-the wake-up itself, which queues a pass the moment a task event or a redelivery is written, so a
-first delivery does not wait for the cron. The wake-up is fire-and-forget (`Waker.poke` does no
-I/O and never raises): the state change that caused it is never slowed or failed by it, and a
-lost wake-up costs at most one cron interval.
+- Every worker runs `run_dispatcher`: a pass every WEBHOOK_POLL_SECONDS, which picks up retries as
+  they fall due and anything a wake-up missed — a loop beside the sweeper rather than an arq cron,
+  so a pass every few seconds adds no job to the queue, no line to the log and nothing to the
+  queue's numbers.
+- A task event or a redelivery wakes a pass at once: written in a worker (most task events),
+  `Waker.poke` wakes that worker's loop; written in a web process (a queued task cancelled, a
+  redelivery, `enqueue_event`), it queues the arq job `deliver_webhooks`, which any worker runs.
+
+`poke` does no I/O and never raises: the state change that caused it is never slowed or failed by
+it, and a lost wake-up costs at most one poll interval.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-from arq.cron import CronJob, cron
+from arq.worker import Function, func
 from redis.exceptions import RedisError
 
 from agent_service.config import Settings
+from agent_service.errors import AppError
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.webhooks import dispatch
@@ -27,7 +32,6 @@ PASS = "deliver_webhooks"
 
 
 def function_name(settings: Settings) -> str:
-    """Prefixed: arq keys a cron run by `<name>:<slot>` across the whole Redis."""
     return f"{settings.redis_key_prefix}{PASS}"
 
 
@@ -36,39 +40,69 @@ def wake_job_id(settings: Settings) -> str:
     return f"{settings.redis_key_prefix}webhooks:wake"
 
 
-async def deliver_webhooks(ctx: dict[str, Any]) -> None:
-    done = await dispatch.run_pass(ctx["deps"])
+async def _pass(deps: Deps) -> None:
+    try:
+        done = await dispatch.run_pass(deps)
+    except AppError:
+        log.warning("webhook.pass_unavailable")
+        return
     if done.events or done.attempts:
         log.info("webhook.pass", events=done.events, attempts=done.attempts, succeeded=done.succeeded)
 
 
-def crons(settings: Settings) -> list[CronJob]:
-    every = settings.webhook_poll_seconds
-    return [cron(deliver_webhooks, name=function_name(settings), second=set(range(0, 60, every)),
-                 run_at_startup=True, unique=True, keep_result=0, max_tries=1,
+async def deliver_webhooks(ctx: dict[str, Any]) -> None:
+    await _pass(ctx["deps"])
+
+
+def functions(settings: Settings) -> list[Function]:
+    return [func(deliver_webhooks, name=function_name(settings), keep_result=0, max_tries=1,
                  timeout=dispatch.PASS_BUDGET + settings.webhook_timeout + 30)]
 
 
+async def run_dispatcher(deps: Deps) -> None:
+    """A worker's loop: a pass when poked, and every WEBHOOK_POLL_SECONDS (until cancelled)."""
+    wake = deps.part(Waker.of).listen()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deps.settings.webhook_poll_seconds):
+                await wake.wait()
+        wake.clear()
+        try:
+            await _pass(deps)
+        except Exception:  # a bug in one pass must not end every later one
+            log.exception("webhook.pass_failed")
+
+
 class Waker:
-    """Queues a delivery pass soon after `poke()`; pokes while one is being queued are one."""
+    """Starts a delivery pass soon after `poke()`: this worker's own (`listen`), or else one queued
+    for any worker; pokes while one is being queued are one."""
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._local: asyncio.Event | None = None
         deps.on_close(self.close)
 
     @classmethod
     def of(cls, deps: Deps) -> Waker:
         return cls(deps)
 
+    def listen(self) -> asyncio.Event:
+        """From now on pokes set this event (the worker's own loop runs the pass)."""
+        self._local = asyncio.Event()
+        return self._local
+
     def poke(self) -> None:
+        if self._local is not None:
+            self._local.set()
+            return
         if self._task is not None and not self._task.done():
             self._again = True
             return
         try:
             self._task = asyncio.get_running_loop().create_task(self._queue())
-        except RuntimeError:  # no loop (a synchronous caller): the cron will do
+        except RuntimeError:  # no loop (a synchronous caller): the workers' poll will do
             self._task = None
 
     async def _queue(self) -> None:
