@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from typing import Any
 
@@ -21,9 +22,27 @@ from agent_service.kit.redis import redis_settings
 from agent_service.logging import configure_logging
 from agent_service.ops.workers import WorkerBoard, heartbeat
 from agent_service.tasks import jobs
+from agent_service.tasks.queue import INVOKE_AGENT, INVOKE_AGENT_STREAMING
 from agent_service.tasks.runner import JobFailed
 from agent_service.tasks.sweeper import run_sweeper
 from agent_service.webhooks import jobs as webhook_jobs
+
+
+class _AgentJobLines(logging.Filter):
+    """Drops arq's per-job lines (started, done, retrying) of the agent jobs: the job path logs
+    its own, with the task id and the try (job.started, job.succeeded, job.retrying, …), and a busy
+    worker would spend as much again on arq's copies. Its other lines (start-up, shutdown, errors,
+    and the maintenance jobs' runs) stay."""
+
+    NAMES = tuple(f":{f}" for f in (INVOKE_AGENT, INVOKE_AGENT_STREAMING))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (record.levelno == logging.INFO and isinstance(args, tuple) and len(args) > 1
+                    and isinstance(args[1], str) and args[1].endswith(self.NAMES))
+
+
+_AGENT_JOB_LINES = _AgentJobLines()
 
 
 def build_worker_settings(settings: Settings) -> type:
@@ -31,6 +50,8 @@ def build_worker_settings(settings: Settings) -> type:
 
     async def startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings, process="worker")
+        if _AGENT_JOB_LINES not in logging.getLogger("arq.worker").filters:
+            logging.getLogger("arq.worker").addFilter(_AGENT_JOB_LINES)
         # each a no-op unless its setting is set; a failed job is an outcome stored on its task, not a bug
         error_reporting.setup(settings, process="worker", ignore=(JobFailed,))
         tracing.setup(settings, process="worker")
@@ -39,6 +60,9 @@ def build_worker_settings(settings: Settings) -> type:
         provide_parts(deps)
         await audit_service.start_writer(deps)
         deps.stats = WorkerStats()
+        if deps.metrics is not None:  # a round trip per job event would cost more than the job path's own
+            deps.metrics.buffer()
+            deps.on_close(deps.metrics.close)
         ctx["deps"] = deps
         ctx["heartbeat"] = asyncio.create_task(heartbeat(deps, settings.worker_health_interval))
         ctx["sweeper"] = asyncio.create_task(run_sweeper(deps))

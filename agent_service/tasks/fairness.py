@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from agent_service.kit.deps import Deps
 from agent_service.kit.redis import RedisConn, redis_guard
+from agent_service.kit.rounds import Reply, Round
+from agent_service.kit.wakeup import wake_key, wake_lua
 
 _NOW = """
 local t = redis.call('TIME')
@@ -56,8 +58,8 @@ end
 return 1
 """
 
-# KEYS running, parked, queue; ARGV task id, wake (0/1), caller's now ms, lowest wake score.
-# Returns the task id woken, if any.
+# KEYS running, parked, queue, the queue's wake key; ARGV task id, wake (0/1), caller's now ms,
+# lowest wake score. Returns the task id woken, if any (made due: an idle worker is woken too).
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[2] ~= '1' then return false end
@@ -66,12 +68,12 @@ for _ = 1, 100 do
   if #first == 0 then return false end
   local queued = redis.call('ZSCORE', KEYS[3], first[1])
   if queued and tonumber(queued) <= tonumber(ARGV[3]) then
-    return first[1]  -- due already (its fallback wait ended): it takes the slot itself
+""" + wake_lua("KEYS[4]") + """    return first[1]  -- due already (its fallback wait ended): it takes the slot itself
   end
   redis.call('ZREM', KEYS[2], first[1])
   if queued then
     redis.call('ZADD', KEYS[3], 'XX', math.max(tonumber(first[2]), tonumber(ARGV[4])), first[1])
-    return first[1]
+""" + wake_lua("KEYS[4]") + """    return first[1]
   end
   -- gone from the queue (cancelled): look at the next one
 end
@@ -107,15 +109,25 @@ class UserSlots:
     def parked_key(self, owner: str) -> str:
         return user_key(self._prefix, owner, "parked")
 
+    def _acquire_call(self, owner: str, task_id: str, cap: int, score: int, parked_until_ms: int,
+                      waiting: list[str]) -> tuple[list[str], list[str | int]]:
+        keys = [self.running_key(owner), self.parked_key(owner), self._queue, *waiting]
+        return keys, [task_id, cap, self._lease_ms, parked_until_ms, score, PARKED_TTL_MS]
+
     @redis_guard
     async def acquire(self, owner: str, task_id: str, *, cap: int, score: int, parked_until_ms: int,
                       waiting: list[str]) -> bool:
         """Take one of the owner's `cap` slots; False if they are all taken: the job is then parked
         (its queue entry moved to `parked_until_ms`; `score` is its place in the queue now). Either
         way it stops counting as waiting (`waiting`: the owner's waiting sets, tasks/queue.py)."""
-        keys = [self.running_key(owner), self.parked_key(owner), self._queue, *waiting]
-        args: list[str | int] = [task_id, cap, self._lease_ms, parked_until_ms, score, PARKED_TTL_MS]
+        keys, args = self._acquire_call(owner, task_id, cap, score, parked_until_ms, waiting)
         return bool(await self._acquire(keys=keys, args=args))
+
+    def acquire_into(self, rnd: Round, owner: str, task_id: str, *, cap: int, score: int, parked_until_ms: int,
+                     waiting: list[str]) -> Reply:
+        """`acquire` as one of a round's writes: the reply is true if the slot was taken."""
+        keys, args = self._acquire_call(owner, task_id, cap, score, parked_until_ms, waiting)
+        return rnd.script(_ACQUIRE, keys, args)
 
     async def renew(self, owner: str, task_id: str) -> None:
         """Push the slot's expiry a lease ahead (a no-op once it is given back). Raises RedisError:
@@ -126,9 +138,15 @@ class UserSlots:
     async def release(self, owner: str, task_id: str, *, now_ms: int, floor_ms: int, wake: bool = True) -> str | None:
         """Give the slot back and, with `wake`, make the owner's first parked job due again (at its
         own score, but not before `floor_ms`). Returns the task id woken."""
-        keys = [self.running_key(owner), self.parked_key(owner), self._queue]
+        keys = [self.running_key(owner), self.parked_key(owner), self._queue, wake_key(self._queue)]
         woken = await self._release(keys=keys, args=[task_id, int(wake), now_ms, floor_ms])
         return woken.decode() if isinstance(woken, bytes) else None
+
+    def release_into(self, rnd: Round, owner: str, task_id: str, *, now_ms: int, floor_ms: int,
+                     wake: bool = True) -> None:
+        """`release` as one of a round's writes."""
+        keys = [self.running_key(owner), self.parked_key(owner), self._queue, wake_key(self._queue)]
+        rnd.script(_RELEASE, keys, [task_id, int(wake), now_ms, floor_ms])
 
     @redis_guard
     async def running(self, owner: str) -> list[str]:

@@ -5,7 +5,8 @@ outlives them.
 Writes come only from tasks/lifecycle.py (the one writer of task state); services and the
 follower read. Each fact is stored once: a chunk is one entry of the event stream (the result's
 `chunks` are read back from there), progress is one hash field, and a status read is one
-pipelined round trip.
+pipelined round trip. A job's writes are added to the round (kit/rounds.py) of the step they
+belong to, so that each step of a run costs one round trip whatever it writes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import msgspec
 
 from agent_service.kit.deps import Deps
 from agent_service.kit.redis import RedisConn, redis_guard
+from agent_service.kit.rounds import Reply, Round
 from agent_service.tasks.schemas import ChunkEvent, TaskEvent, TaskResult
 
 MAX_EVENTS = 100_000
@@ -29,6 +31,34 @@ class Snapshot(msgspec.Struct, kw_only=True):
     progress: int | None
     result: TaskResult | None
     chunks: list[str] | None
+
+
+Published = tuple[TaskEvent, int | None]  # an event, and the task's progress once it is out (None: unchanged)
+
+
+class RunClaim:
+    """What a run's start read and wrote in its round: the deferrals so far, the run mark it
+    replaced (a run that never ended: its worker was lost) and whether a cancel was asked for."""
+
+    def __init__(self, deferrals: Reply, previous: Reply, cancel: Reply) -> None:
+        self._deferrals, self._previous, self._cancel = deferrals, previous, cancel
+
+    @property
+    def deferrals(self) -> int:
+        return int(self._deferrals.value or 0)
+
+    @property
+    def previous(self) -> bytes | None:
+        value: bytes | None = self._previous.value
+        return value
+
+    @property
+    def worker_lost(self) -> bool:
+        return self.previous is not None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return bool(self._cancel.value)
 
 
 class TaskLive:
@@ -79,22 +109,61 @@ class TaskLive:
     async def store_result(self, task_id: str, result: TaskResult) -> None:
         await self._redis.set(self.result_key(task_id), _enc.encode(result), ex=self._ttl)
 
+    def append_into(self, rnd: Round, task_id: str, events: Sequence[Published]) -> None:
+        """Events on the task's stream, in order, and the progress the last of them sets."""
+        if not events:
+            return
+        pipe = rnd.pipe
+        progress = next((p for _, p in reversed(events) if p is not None), None)
+        if progress is not None:
+            pipe.hset(self.live_key(task_id), "progress", str(progress))
+            pipe.expire(self.live_key(task_id), self._ttl)
+        for event, _ in events:
+            pipe.xadd(self.events_key(task_id), {"e": _enc.encode(event)}, maxlen=MAX_EVENTS, approximate=True)
+        pipe.expire(self.events_key(task_id), self._ttl)
+
+    def store_result_into(self, rnd: Round, task_id: str, result: TaskResult) -> None:
+        rnd.pipe.set(self.result_key(task_id), _enc.encode(result), ex=self._ttl)
+
+    def claim_run_into(self, rnd: Round, task_id: str, token: str) -> RunClaim:
+        """Mark a run as in progress; the claim tells whether an earlier run never let go (its
+        worker was lost), and reads the deferrals and the cancel flag in the same round."""
+        rnd.pipe.get(self.deferrals_key(task_id))
+        deferrals = rnd.last()
+        rnd.pipe.set(self.run_key(task_id), token, ex=self._ttl, get=True)
+        previous = rnd.last()
+        rnd.pipe.exists(self.cancel_key(task_id))
+        return RunClaim(deferrals, previous, rnd.last())
+
+    def unclaim_run_into(self, rnd: Round, task_id: str, claim: RunClaim) -> None:
+        """A start that did not run (deferred): the run mark back as the claim found it."""
+        if claim.previous is None:
+            rnd.pipe.delete(self.run_key(task_id))
+        else:
+            rnd.pipe.set(self.run_key(task_id), claim.previous, ex=self._ttl)
+
+    def release_run_into(self, rnd: Round, task_id: str) -> None:
+        rnd.pipe.delete(self.run_key(task_id))
+
+    def add_deferral_into(self, rnd: Round, task_id: str) -> None:
+        rnd.pipe.incr(self.deferrals_key(task_id))
+        rnd.pipe.expire(self.deferrals_key(task_id), self._ttl)
+
     @redis_guard
     async def request_cancel(self, task_id: str) -> None:
         await self._redis.set(self.cancel_key(task_id), b"1", ex=self._ttl)
 
-    @redis_guard
     async def add_deferral(self, task_id: str) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.incr(self.deferrals_key(task_id))
-        pipe.expire(self.deferrals_key(task_id), self._ttl)
-        await pipe.execute()
+        rnd = Round(self._redis)
+        self.add_deferral_into(rnd, task_id)
+        await rnd.send()
 
-    @redis_guard
     async def claim_run(self, task_id: str, token: str) -> bool:
         """Mark a run as in progress; True if an earlier run never let go (its worker was lost)."""
-        previous = await self._redis.set(self.run_key(task_id), token, ex=self._ttl, get=True)
-        return previous is not None
+        rnd = Round(self._redis)
+        claim = self.claim_run_into(rnd, task_id, token)
+        await rnd.send()
+        return claim.worker_lost
 
     @redis_guard
     async def release_run(self, task_id: str) -> None:

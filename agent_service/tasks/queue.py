@@ -55,9 +55,10 @@ from arq.utils import timestamp_ms
 from redis.exceptions import RedisError
 
 from agent_service.config import Settings
-from agent_service.kit import serializer
+from agent_service.kit import serializer, wakeup
 from agent_service.kit.deps import Deps
 from agent_service.kit.redis import RedisConn, redis_guard
+from agent_service.kit.rounds import Round
 from agent_service.tasks.fairness import user_key
 
 
@@ -76,24 +77,26 @@ return removed
 
 
 # Queue a job unless its id is taken (arq's enqueue_job, in one round trip), scored as the module
-# docstring says. KEYS job, result, queue, then (a job with an owner) the owner's waiting set of
-# the job's priority and those of higher ones; ARGV job id, job, job ttl ms, base score, now ms,
-# W ms, N, S ms. Returns how many of the owner's jobs were counted as waiting, -1 if the id is taken.
+# docstring says, and wake an idle worker (kit/wakeup.py). KEYS job, result, queue, wake, then (a
+# job with an owner) the owner's waiting set of the job's priority and those of higher ones; ARGV
+# job id, job, job ttl ms, base score, now ms, W ms, N, S ms. Returns how many of the owner's jobs
+# were counted as waiting, -1 if the id is taken.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return -1 end
 local now = tonumber(ARGV[5])
 local waiting = 0
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   waiting = waiting + redis.call('ZCARD', KEYS[i])
 end
-if #KEYS >= 4 then
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+if #KEYS >= 5 then
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[5], ARGV[6])
 end
 local score = tonumber(ARGV[4]) + math.min(waiting, tonumber(ARGV[7])) * tonumber(ARGV[8])
 redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[3], score, ARGV[1])
+""" + wakeup.wake_lua("KEYS[4]") + """
 return waiting
 """
 
@@ -135,7 +138,8 @@ class JobQueue:
         arg = msgspec.to_builtins(payload) if isinstance(payload, msgspec.Struct) else payload
         now = timestamp_ms()
         job = serialize_job(function, (arg,), {}, None, now, serializer=serializer.serialize)
-        keys = [job_key_prefix + job_id, result_key_prefix + job_id, self._queue_name]
+        keys = [job_key_prefix + job_id, result_key_prefix + job_id, self._queue_name,
+                wakeup.wake_key(self._queue_name)]
         if defer_until is not None or (defer_by or 0) > 0:  # a time to run at, kept exactly
             score = int(defer_until.timestamp() * 1000) if defer_until else now + int((defer_by or 0) * 1000)
         else:
@@ -210,15 +214,24 @@ KIND_STREAM = "stream"
 JOB_FOR_KIND = {KIND_INVOKE: INVOKE_AGENT, KIND_STREAM: INVOKE_AGENT_STREAMING}
 
 
+def lease_into(rnd: Round, job_id: str, seconds: float) -> None:
+    """A running job's claim shortened to one lease of `seconds`, as one of a round's writes (the
+    first slice of `hold_lease`, sent with the job's other writes at its start)."""
+    rnd.pipe.pexpire(in_progress_key_prefix + job_id, int(seconds * 1000))
+
+
 async def hold_lease(redis: RedisConn, job_id: str, seconds: float,
-                     renew: Callable[[], Awaitable[None]] | None = None) -> None:
+                     renew: Callable[[], Awaitable[None]] | None = None, *, first_in: float = 0.0) -> None:
     """Keep a running job's claim alive in `seconds`-long slices, renewed every third of that, until
     cancelled. arq marks a started job in progress for its longest time limit (+10 s); shortening
     that mark to the lease means a job whose worker died runs again within `seconds` on any
     worker, whatever its time limit. Uses only arq's public key prefix (see kit/arq_contract.py).
-    `renew` is renewed with it (the owner's running slot, tasks/fairness.py)."""
+    `renew` is renewed with it (the owner's running slot, tasks/fairness.py). `first_in`: when the
+    first renewal is due (the caller sent the first slice itself, `lease_into`)."""
     key = in_progress_key_prefix + job_id
     ms = int(seconds * 1000)
+    if first_in:
+        await asyncio.sleep(first_in)
     while True:
         with contextlib.suppress(RedisError, OSError):
             await redis.pexpire(key, ms)
