@@ -130,14 +130,19 @@ class AuditWriter:
                     await asyncio.wait_for(self._stop.wait(), self._interval)
 
     async def flush(self) -> bool:
-        """Write everything buffered, batch by batch. False if a batch failed (it stays buffered)."""
+        """Write everything buffered when called, batch by batch. False if a batch failed (it stays
+        buffered). Entries recorded meanwhile wait for the next flush: under steady traffic a
+        flush that chased them would write a small batch after each small batch, and on SQLite
+        every one of those holds the file's write lock that the requests' own writes wait for."""
         if not self._closed:
             for summary in self._failures.due(self._clock()):
                 self.record(summary)
         async with self._flush_lock:
-            while self._buffer:
+            todo = len(self._buffer)
+            while todo > 0 and self._buffer:
                 # take the batch out first: record() may trim the buffer while we await the insert
-                batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
+                batch = [self._buffer.popleft() for _ in range(min(self._batch_size, todo, len(self._buffer)))]
+                todo -= len(batch)
                 try:
                     await audit_store.insert_rows(self._db, batch)
                 except BaseException as exc:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import RedisError
 
+from agent_service.errors import AppError
 from agent_service.identity import repository as repo
 from agent_service.identity.repository import ApiKeyRecord, UserRecord
 from agent_service.kit.deps import Deps
@@ -75,6 +77,7 @@ class AuthCache:
         self._keys: _Table[ApiKeyRecord] = _Table()  # by key hash
         self._users: _Table[UserRecord] = _Table()  # by user id
         self._touched: dict[str, float] = {}  # key id -> when this process last wrote its last_used_at
+        self._reads: dict[str, asyncio.Future[Any]] = {}  # lookups under way (`once`)
         self.generation = 0
         self.live = False  # subscribed: rows may be kept
         self._task: asyncio.Task[None] | None = None
@@ -108,6 +111,19 @@ class AuthCache:
     def put_user(self, row: UserRecord, generation: int) -> None:
         if self.live and generation == self.generation:
             self._users.put(row.id, row, self._clock())
+
+    async def once(self, name: str, read: Callable[[], Awaitable[R]]) -> R:
+        """`read()`, shared by the lookups of `name` that ask while it runs: when an entry expires
+        under load, one SELECT refills it instead of one per waiting request."""
+        running = self._reads.get(name)
+        if running is None:
+            running = self._reads[name] = asyncio.ensure_future(read())
+            running.add_done_callback(lambda _: self._reads.pop(name, None))
+        try:
+            result: R = await asyncio.shield(running)
+        except AppError as exc:  # each waiter its own copy: a caller may add headers to what it raises
+            raise copy.copy(exc) from None
+        return result
 
     def should_touch(self, key_id: str, every_seconds: float) -> bool:
         """Whether this process should record the key's use now (then it counts as recorded)."""
@@ -196,22 +212,30 @@ async def key_by_hash(deps: Deps, key_hash: str) -> ApiKeyRecord | None:
     c = cache(deps)
     if (hit := c.key(key_hash)) is not None:
         return hit
-    generation = c.generation
-    row = await repo.key_by_hash(deps.db, key_hash)
-    if row is not None:
-        c.put_key(key_hash, row, generation)
-    return row
+
+    async def read() -> ApiKeyRecord | None:
+        generation = c.generation
+        row = await repo.key_by_hash(deps.db, key_hash)
+        if row is not None:
+            c.put_key(key_hash, row, generation)
+        return row
+
+    return await c.once("k" + key_hash, read)
 
 
 async def get_user(deps: Deps, user_id: str) -> UserRecord | None:
     c = cache(deps)
     if (hit := c.user(user_id)) is not None:
         return hit
-    generation = c.generation
-    row = await repo.get_user(deps.db, user_id)
-    if row is not None:
-        c.put_user(row, generation)
-    return row
+
+    async def read() -> UserRecord | None:
+        generation = c.generation
+        row = await repo.get_user(deps.db, user_id)
+        if row is not None:
+            c.put_user(row, generation)
+        return row
+
+    return await c.once("u" + user_id, read)
 
 
 async def invalidate_key(deps: Deps, key_id: str) -> None:

@@ -39,10 +39,11 @@ class _Tx:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async def go() -> int:
-            cur = await self._conn.execute(sql, params)
-            count = cur.rowcount
-            await cur.close()
-            return count
+            # one trip to the connection's thread (a cursor would take a second one to close); the
+            # rows it changed from the connection's counter (no trigger exists to count on top)
+            before = self._conn.total_changes
+            await self._conn.execute_fetchall(sql, params)
+            return self._conn.total_changes - before
 
         return await _guard(go)
 

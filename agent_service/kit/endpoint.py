@@ -163,9 +163,13 @@ def _guarded(endpoint_fn: Endpoint, spec: EndpointSpec) -> Endpoint:
         except AppError as exc:
             exc.headers = {**limit_headers, **exc.headers}
             raise
-        for name, value in limit_headers.items():
-            if name not in response.headers:
-                response.headers[name] = value
+        if limit_headers:
+            # appended to the raw list: setting them one by one through `response.headers` rescans
+            # every header each time; one the endpoint set itself is kept
+            raw = response.raw_headers
+            present = {k for k, _ in raw}
+            raw += [(k, v.encode("latin-1")) for name, v in limit_headers.items()
+                    if (k := name.lower().encode("latin-1")) not in present]
         return response
 
     return wrapper

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +32,8 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+_OWN_HEADERS = frozenset({b"x-request-id"})
+_PRIVATE_HEADERS = frozenset({b"x-request-id", b"cache-control"})
 UNMATCHED = "<unmatched>"
 PRIVATE_PREFIX = "/api/"
 # called once per request with its scope and final status (the app wires the audit log here)
@@ -78,12 +79,16 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
+                # set, not added: one the answer had already is replaced (edited as the raw list,
+                # cheaper than MutableHeaders' rescans)
+                ours = _PRIVATE_HEADERS if private else _OWN_HEADERS
+                raw = [h for h in message.get("headers", ()) if h[0].lower() not in ours]
+                raw.append((b"x-request-id", request_id.encode("latin-1")))
                 if private:
                     # every API answer is someone's (and a refusal names their request): no shared
                     # cache may keep it, whichever layer answered (auth, limits, endpoint, stream)
-                    headers["Cache-Control"] = "no-store"
+                    raw.append((b"cache-control", b"no-store"))
+                message["headers"] = raw
             await send(message)
 
         try:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable
 from agent_service.kit import serializer
+from agent_service.kit.resp import PackedConnection
 
 RedisConn = ArqRedis
 
@@ -64,6 +65,7 @@ def connect(settings: Settings) -> RedisConn:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, socket_connect_timeout=settings.redis_timeout, socket_timeout=settings.redis_timeout,
         health_check_interval=30, max_connections=settings.redis_max_connections, timeout=settings.redis_timeout,
+        connection_class=PackedConnection,
     )
     return ArqRedis(
         pool,
