@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None  # None: `dev` starts an embedded server
     redis_key_prefix: str = "agent-service:"  # every key the project owns (arq's own keys aside)
     redis_timeout: PositiveFloat = 2.0  # connect and per-command timeout: a frozen Redis costs a request this much
+    redis_max_connections: PositiveInt = 64  # per process (the follower hub's reader is one more)
     database_url: str | None = None  # postgresql://… (PaaS add-ons set it): PostgreSQL instead of SQLite
     database_path: str = "var/agent_service.db"  # the SQLite file when DATABASE_URL is unset
     db_busy_timeout_ms: PositiveInt = 5000
