@@ -21,6 +21,7 @@ from agent_service.protocols import mcp_endpoints as mcp
 from agent_service.sessions import endpoints as sessions
 from agent_service.sessions import jobs as sessions_jobs
 from agent_service.tasks import admin_endpoints as task_admin
+from agent_service.tasks import batch_endpoints as task_batches
 from agent_service.tasks import endpoints as tasks
 from agent_service.tasks import lifecycle
 from agent_service.tasks import ws_endpoints as task_sockets
@@ -38,8 +39,9 @@ MAINTENANCE: tuple[MaintenanceJob, ...] = (
 
 def api_routes() -> list[BaseRoute]:
     """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
-    return [*tasks.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes, *task_admin.routes,
-            *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes, *task_sockets.routes]
+    return [*tasks.routes, *task_batches.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes,
+            *task_admin.routes, *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes,
+            *task_sockets.routes]
 
 
 def root_routes() -> list[BaseRoute]:

@@ -148,6 +148,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_concurrency: PositiveInt = 10  # attempts in flight per delivery pass
     webhook_max_subscriptions: PositiveInt = 20  # subscriptions a user may hold
 
+    # --- batches and usage (agent_service/tasks/batches.py, agent_service/usage) ----------
+    batch_max_items: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000  # invocations in one invoke-batch
+    batch_max_body_bytes: PositiveInt = 16 * 1_048_576  # an invoke-batch body (MAX_BODY_BYTES is one call's)
+    # JSON {"<model>": {"input": <USD per million tokens>, "output": <…>}}: each run's cost; empty: no costs
+    model_prices: str = ""
+    # tokens a user may use per calendar month (UTC), by tier; 0: unlimited (a user's own budget wins)
+    budget_tokens_free: NonNegInt = 0
+    budget_tokens_pro: NonNegInt = 0
+    budget_tokens_enterprise: NonNegInt = 0
+    budget_reserve_tokens: PositiveInt = 2000  # held per submission of a budgeted user until its run reports
+
     # --- sessions, audit, maintenance ----------------------------------------------------
     session_max_messages: PositiveInt = 100
     session_expiry_hours: PositiveFloat = 24.0
@@ -182,6 +193,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                                  "fragment or user)")
         if not all(d > 0 for d in self.webhook_retry_delays):
             raise ValueError("WEBHOOK_RETRY_SCHEDULE is a comma-separated list of seconds, each above 0")
+        if self.model_prices and not self.model_price_table:
+            raise ValueError('MODEL_PRICES is JSON {"<model>": {"input": <USD per 1M tokens>, "output": <…>}}')
         if bool(self.bootstrap_admin_email) != bool(self.bootstrap_admin_password):
             raise ValueError("BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD go together")
 
@@ -203,6 +216,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return tuple(float(part) for part in self.webhook_retry_schedule.split(","))
         except ValueError:
             return ()
+
+    @property
+    def model_price_table(self) -> dict[str, tuple[float, float]]:
+        """MODEL_PRICES as model → (input, output) USD per million tokens; {} if unset or not of that
+        shape (refused at start)."""
+        try:
+            table = msgspec.json.decode(self.model_prices or "{}", type=dict[str, dict[str, float]])
+        except msgspec.DecodeError:
+            return {}
+        if not all(set(p) <= {"input", "output"} and min(p.values(), default=0) >= 0 for p in table.values()):
+            return {}
+        return {m: (p.get("input", 0.0), p.get("output", 0.0)) for m, p in table.items()}
 
     @property
     def cors_origin_list(self) -> list[str]:

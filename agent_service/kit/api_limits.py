@@ -99,3 +99,24 @@ async def check(request: Request, limits: Limits, principal: Caller | None) -> d
             headers=hdrs,
         )
     return hdrs
+
+
+async def charge(request: Request, principal: Caller, cost: int) -> None:
+    """Charge `cost` more requests to the caller's API budget (a batch of N items counts as the N
+    calls it stands for; the route layer charged one already). Over the limit: 429 and nothing
+    charged. Redis away: 503 (a write is never let through unlimited)."""
+    deps: Deps = request.app.state.deps
+    settings = deps.settings
+    if cost <= 0 or not settings.rate_limit_enabled or deps.limiter is None:
+        return
+    limit = _limit_for(settings, "api", principal.tier)
+    if cost + 1 > limit.limit:  # never allowed, however long the caller waits
+        raise TooManyRequests(f"This request counts as {cost + 1} requests, more than your limit of {limit.limit} a "
+                              "minute allows at once; split it.", code="over_rate_limit")
+    decision = await deps.limiter.hit([(f"api:user:{principal.user_id}", limit)], cost=cost)
+    if not decision.allowed:
+        hdrs = headers(decision)
+        if deps.metrics is not None:
+            await deps.metrics.rate_limited(f"api:{principal.tier}")
+        raise TooManyRequests(f"Rate limit of {limit.limit} requests per minute exceeded (this request counts as "
+                              f"{cost + 1}); retry in {hdrs['Retry-After']} s.", headers=hdrs)

@@ -49,6 +49,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     worker_losses: int = 0
     error_code: str | None = None
     webhook: str | None = None  # JSON of agents.schemas.StoredTaskWebhook
+    batch_id: str | None = None  # the batch it was submitted in (tasks/batches.py)
 
 
 def _record(row: Row) -> TaskRecord:

@@ -10,6 +10,8 @@ from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.tasks import follow, lifecycle
 from agent_service.tasks import repository as task_store
+from agent_service.tasks.batches import batch_completion as batch_completion  # webhooks' batch.completed
+from agent_service.tasks.batches import batch_webhook_secret as batch_webhook_secret
 from agent_service.tasks.lifecycle import progress_of
 from agent_service.tasks.live import Snapshot
 from agent_service.tasks.repository import TaskRecord as TaskRecord  # the record other domains read

@@ -67,15 +67,7 @@ async def enqueue(
     `tier` (the caller's; the default tier when None) sets the owner's cap on running jobs."""
     tier = policy.job_tier(tier, is_admin=is_admin, default=deps.settings.default_tier)
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
-    run_at = _when(deps, req)
-    try:  # a job that is sure to fail on its input is never queued
-        validate_input(agent, AgentInput(message=req.message, metadata=dict(req.metadata or {})))
-    except AgentError as exc:
-        raise to_app_error(exc) from None
-    if req.session_id:
-        await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
-    if req.webhook is not None:  # refused now (422), and checked again at every delivery
-        await ssrf.validate(deps, req.webhook.url, path="$.webhook.url")
+    run_at = await check(deps, agent, req, owner_id=owner_id)
     if idempotency_key is None:
         return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier), False
     store = IdempotencyStore(deps.redis, prefix=deps.prefix)
@@ -98,11 +90,36 @@ async def enqueue(
     return accepted, False
 
 
+async def check(deps: Deps, agent: Agent, req: InvokeAsyncRequest, *, owner_id: str) -> datetime | None:
+    """Refuse a request whose job is sure to fail, before anything is queued; the time to run it at."""
+    run_at = _when(deps, req)
+    try:  # a job that is sure to fail on its input is never queued
+        validate_input(agent, AgentInput(message=req.message, metadata=dict(req.metadata or {})))
+    except AgentError as exc:
+        raise to_app_error(exc) from None
+    if req.session_id:
+        await SessionService.from_deps(deps).check_usable(owner_id, req.session_id)
+    if req.webhook is not None:  # refused now (422), and checked again at every delivery
+        await ssrf.validate(deps, req.webhook.url, path="$.webhook.url")
+    return run_at
+
+
 @tracing.traced("enqueue agent job", kind="producer")
 async def _enqueue(
     deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
     request_id: str | None, tier: str,
 ) -> TaskAccepted:
+    sub, accepted = build(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier)
+    await lifecycle.submit(deps, sub)
+    log.info("task.queued", task_id=sub.task_id, agent=agent.name, kind=sub.kind)
+    return accepted
+
+
+def build(
+    deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
+    request_id: str | None, tier: str,
+) -> tuple[lifecycle.Submission, TaskAccepted]:
+    """The task of a checked request (its record and job, not written yet) and the answer to give."""
     task_id = uuid.uuid4().hex
     kind = queue.KIND_STREAM if req.stream else queue.KIND_INVOKE
     tracing.annotate(task_id=task_id, agent=agent.name, kind=kind)
@@ -120,14 +137,13 @@ async def _enqueue(
     if req.webhook is not None:  # its signing secret, in the Standard Webhooks format, is shown once: below
         webhook = StoredTaskWebhook(url=req.webhook.url, events=list(req.webhook.events or DEFAULT_WEBHOOK_EVENTS),
                                     secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
-    await lifecycle.submit(deps, lifecycle.Submission(
+    sub = lifecycle.Submission(
         task_id=task_id, kind=kind, function=queue.JOB_FOR_KIND[kind], payload=job, agent_id=agent.name,
         owner_id=owner_id, request_id=request_id, session_id=req.session_id, keep_payload=True,
         scheduled_for=run_at, priority=req.priority, defer_until=defer_until, defer_by=defer_by,
         webhook=msgspec.json.encode(webhook).decode() if webhook else None,
-    ))
-    log.info("task.queued", task_id=task_id, agent=agent.name, kind=kind)
-    return TaskAccepted(
+    )
+    return sub, TaskAccepted(
         task_id=task_id, status="queued", message=f"Task queued for agent {agent.name!r}.",
         status_url=status_url(deps, task_id), priority=req.priority, scheduled_for=run_at,
         webhook_secret=webhook.secret if webhook else None,

@@ -11,6 +11,7 @@ the `webhook-timestamp` header is wall time, because receivers check it against 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from datetime import datetime, timedelta
 
@@ -25,7 +26,7 @@ from agent_service.tasks import service as tasks
 from agent_service.webhooks import delivery, signing
 from agent_service.webhooks import repository as store
 from agent_service.webhooks.repository import DeliveryRecord
-from agent_service.webhooks.schemas import AttemptRecord, DispatchPass, OutboxRow, Outcome
+from agent_service.webhooks.schemas import BATCH_COMPLETED, AttemptRecord, DispatchPass, OutboxRow, Outcome
 from agent_service.webhooks.service import message, new_delivery
 
 log = get_logger(__name__)
@@ -49,8 +50,9 @@ async def _deliveries_for(deps: Deps, row: OutboxRow) -> list[DeliveryRecord] | 
     own = msgspec.json.decode(record.webhook, type=StoredTaskWebhook) if record.webhook else None
     if own is not None and row.event not in own.events:
         own = None
+    batch = await _batch_completed(deps, row.owner_id, record.batch_id) if record.batch_id else []
     if not subs and own is None:
-        return []
+        return batch
     status = await tasks.status_of(deps, record)
     if not status.live:
         return None
@@ -60,6 +62,29 @@ async def _deliveries_for(deps: Deps, row: OutboxRow) -> list[DeliveryRecord] | 
     if own is not None:
         made.append(new_delivery(deps, owner_id=row.owner_id, event=row.event, url=own.url, payload=body,
                                  subscription_id=None, task_id=row.task_id))
+    return made + batch
+
+
+async def _batch_completed(deps: Deps, owner_id: str, batch_id: str) -> list[DeliveryRecord]:
+    """`batch.completed` once the batch's last task has finished (any of its tasks' events may be
+    the one that sees it, on any worker, more than once): each receiver's delivery id is derived
+    from the batch, and a delivery id is written once, so the event is sent exactly once."""
+    done = await tasks.batch_completion(deps, batch_id)
+    if done is None:
+        return []
+    status, owner, hook = done
+    body = message(BATCH_COMPLETED, status.completed_at or deps.clock(), msgspec.to_builtins(status))
+    subs = [s for s in await store.subscriptions_for(deps.db, owner_id=owner, task_id="")
+            if BATCH_COMPLETED in s.events]
+
+    def fixed(receiver: str) -> str:
+        return "msg_" + hashlib.sha256(f"{batch_id}:{receiver}".encode()).hexdigest()[:32]
+
+    made = [new_delivery(deps, owner_id=owner, event=BATCH_COMPLETED, url=s.url, payload=body, subscription_id=s.id,
+                         task_id=None, batch_id=batch_id, delivery_id=fixed(s.id)) for s in subs]
+    if hook is not None:
+        made.append(new_delivery(deps, owner_id=owner, event=BATCH_COMPLETED, url=hook.url, payload=body,
+                                 subscription_id=None, task_id=None, batch_id=batch_id, delivery_id=fixed("own")))
     return made
 
 
@@ -93,6 +118,9 @@ async def _signing(deps: Deps, d: DeliveryRecord, now: datetime) -> tuple[str, l
             return "The subscription is disabled."
         keep_old = sub.previous_secret and sub.previous_expires_at and sub.previous_expires_at > now
         return sub.url, [sub.secret, *([sub.previous_secret] if keep_old and sub.previous_secret else [])]
+    if d.batch_id is not None:
+        secret = await tasks.batch_webhook_secret(deps, d.batch_id)
+        return (d.url, [secret]) if secret else "The batch no longer exists."
     try:
         record = await tasks.get_record(deps, d.task_id or "", owner_id=None, is_admin=True)
     except NotFound:

@@ -53,8 +53,7 @@ class DeliveryRecord(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
-
-
+    batch_id: str | None = None  # a batch's own webhook: signed with the batch's secret
 
 
 def _sub(row: Row) -> SubscriptionRecord:
@@ -151,15 +150,18 @@ async def delete_subscription(db: Database, sub_id: str, *, owner_id: str) -> bo
 
 # --- deliveries -----------------------------------------------------------------------------
 
+# an id already there is kept as it is: a message whose id is derived from what it is about (a
+# batch's `batch.completed`) is written once, however many workers see its cause
 _INSERT_DELIVERY = (
-    "INSERT INTO webhook_deliveries (id, owner_id, subscription_id, task_id, event, url, payload, state,"
-    " attempts, step, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?)")
+    "INSERT INTO webhook_deliveries (id, owner_id, subscription_id, task_id, batch_id, event, url, payload, state,"
+    " attempts, step, next_attempt_at, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 
 async def _insert(tx: Tx, deliveries: list[DeliveryRecord]) -> None:
     for d in deliveries:
-        await tx.execute(_INSERT_DELIVERY, (d.id, d.owner_id, d.subscription_id, d.task_id, d.event, d.url, d.payload,
-                                            iso(d.next_attempt_at), iso(d.created_at), iso(d.created_at)))
+        await tx.execute(_INSERT_DELIVERY, (d.id, d.owner_id, d.subscription_id, d.task_id, d.batch_id, d.event, d.url,
+                                            d.payload, iso(d.next_attempt_at), iso(d.created_at), iso(d.created_at)))
 
 
 async def add_deliveries(db: Database, deliveries: list[DeliveryRecord]) -> None:

@@ -135,12 +135,14 @@ def message(event: str, at: Any, data: dict[str, Any]) -> str:
 
 
 def new_delivery(deps: Deps, *, owner_id: str, event: str, url: str, payload: str, subscription_id: str | None,
-                 task_id: str | None) -> DeliveryRecord:
+                 task_id: str | None, batch_id: str | None = None, delivery_id: str | None = None) -> DeliveryRecord:
+    """`delivery_id`: a fixed id (written once: a second delivery with it is dropped)."""
     now = deps.clock()
     return DeliveryRecord(
-        id=f"msg_{uuid.uuid4().hex}", owner_id=owner_id, subscription_id=subscription_id, task_id=task_id,
-        event=event, url=url, payload=payload, state="pending", attempts=0, step=0, next_attempt_at=now,
-        claimed_until=None, last_status=None, last_error=None, created_at=now, updated_at=now, completed_at=None)
+        id=delivery_id or f"msg_{uuid.uuid4().hex}", owner_id=owner_id, subscription_id=subscription_id,
+        task_id=task_id, batch_id=batch_id, event=event, url=url, payload=payload, state="pending", attempts=0,
+        step=0, next_attempt_at=now, claimed_until=None, last_status=None, last_error=None, created_at=now,
+        updated_at=now, completed_at=None)
 
 
 async def enqueue_event(deps: Deps, owner_id: str, event: str, payload: dict[str, Any], *,
