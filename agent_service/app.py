@@ -108,8 +108,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             error_reporting.shutdown()
 
     app = Starlette(
-        routes=[*ops.routes, *builder.routes, *docs_pages.routes, *dashboard.routes, *root_routes(),
-                Mount(API_PREFIX, routes=api_routes())],
+        # the API first: routing tries each route in turn, and nothing else lives under /api/v1
+        routes=[Mount(API_PREFIX, routes=api_routes()), *ops.routes, *builder.routes, *docs_pages.routes,
+                *dashboard.routes, *root_routes()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

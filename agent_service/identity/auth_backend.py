@@ -6,6 +6,7 @@ often); no credential at all leaves the request anonymous, and the route decides
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -66,13 +67,15 @@ class ApiAuthBackend(AuthenticationBackend):
         self._stream_path = stream_path
         self._on_failure = on_failure  # charges the client IP; raises 429 past its limit
         # public routes ignore credentials: a stale or odd header never turns them into a 401
-        # (the token endpoint reads credentials from its body, /metrics checks its own token)
+        # (the token endpoint reads credentials from its body, /metrics checks its own token);
+        # the verdict per path is remembered (bounded, short paths only): most requests repeat a few
         self._public = tuple(public_paths)
+        self._public_memo = functools.lru_cache(maxsize=4096)(self._matches_public)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         path, root = conn.scope.get("path", ""), conn.scope.get("root_path", "")
         local = path[len(root):] if root and path.startswith(root) else path
-        if any(p.match(local) for p in self._public):
+        if self._public_memo(local) if len(local) <= 200 else self._matches_public(local):
             return None
         header = conn.headers.get("authorization")
         raw_key = conn.headers.get("x-api-key")
@@ -100,6 +103,9 @@ class ApiAuthBackend(AuthenticationBackend):
                     raise CredentialError(limited) from None
             raise CredentialError(exc) from None
         return AuthCredentials(list(principal.scopes)), AuthUser(principal)
+
+    def _matches_public(self, local: str) -> bool:
+        return any(p.match(local) for p in self._public)
 
     def _stream_request(self, conn: HTTPConnection, local: str) -> tuple[str, str] | None:
         return _stream_request_of(conn, local, self._stream_path) if self._stream_token else None

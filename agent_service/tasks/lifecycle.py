@@ -19,7 +19,10 @@ from datetime import datetime
 import msgspec
 
 from agent_service.errors import AppError, Conflict, ServiceUnavailable
+from agent_service.kit.coalesce import Coalescer
+from agent_service.kit.db import UniqueViolation
 from agent_service.kit.deps import Deps
+from agent_service.kit.rounds import Round
 from agent_service.logging import get_logger
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.live import TaskLive
@@ -75,9 +78,13 @@ def outbox_listener(deps: Deps) -> Callable[[], None]:
 
 
 async def _publish(deps: Deps, task_id: str, event: TaskEvent, *, progress: int | None = None) -> None:
+    _noted(deps, event)
+    await live(deps).append(task_id, event, progress=progress)
+
+
+def _noted(deps: Deps, event: TaskEvent) -> None:
     if isinstance(event, StateEvent) and event.state in task_store.OUTBOX_EVENTS:
         deps.part(outbox_listener)()
-    await live(deps).append(task_id, event, progress=progress)
 
 
 class Submission(msgspec.Struct, kw_only=True):
@@ -102,21 +109,55 @@ class Submission(msgspec.Struct, kw_only=True):
 async def submit(deps: Deps, sub: Submission) -> None:
     """PENDING: the record, then the job. If the queue refuses, the record goes too (the client is
     told 503: no phantom task). Once the job is queued the client must hear 202 whatever Redis
-    does next, so the first event is best effort."""
-    payload_json = msgspec.json.encode(sub.payload).decode() if sub.keep_payload else None
-    await task_store.create(
-        deps.db, task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id,
-        request_id=sub.request_id, session_id=sub.session_id, now=deps.clock(), payload=payload_json,
-        scheduled_for=sub.scheduled_for, priority=sub.priority, webhook=sub.webhook,
-    )
+    does next, so the first event is best effort. Submissions made at the same time are written
+    together (kit/coalesce.py): one INSERT of their records, then one Redis round trip queueing
+    their jobs, each followed by its first event."""
+    await deps.part(_intake).submit(sub)
+
+
+def _intake(deps: Deps) -> Coalescer[Submission]:
+    async def write(subs: list[Submission]) -> list[BaseException | None]:
+        return await _submit_many(deps, subs)
+
+    return Coalescer(write)
+
+
+async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
+    rows = [task_store.NewTask(
+        task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id, request_id=sub.request_id,
+        session_id=sub.session_id, payload=msgspec.json.encode(sub.payload).decode() if sub.keep_payload else None,
+        scheduled_for=sub.scheduled_for, priority=sub.priority, webhook=sub.webhook) for sub in subs]
     try:
+        await task_store.create_many(deps.db, rows, now=deps.clock())
+    except UniqueViolation as exc:  # not with fresh ids; one by one then, so that only the clash fails
+        if len(subs) == 1:
+            return [exc]
+        return [(await _submit_many(deps, [sub]))[0] for sub in subs]
+    pending = StateEvent(state="PENDING", progress=0)
+    rnd = Round(deps.redis)
+    for sub in subs:
         await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id, defer_until=sub.defer_until,
-                                  defer_by=sub.defer_by)
+                                  defer_by=sub.defer_by, into=rnd)
+        _noted(deps, pending)
+        live(deps).append_into(rnd, sub.task_id, [(pending, 0)])
+    try:
+        await rnd.send()
+        return [None] * len(subs)
     except ServiceUnavailable:
-        await task_store.delete(deps.db, sub.task_id)
-        raise
-    with contextlib.suppress(AppError):
-        await _publish(deps, sub.task_id, StateEvent(state="PENDING", progress=0), progress=0)
+        pass
+    # the round failed, maybe halfway: each job on its own now (an id already queued stays queued)
+    outcomes: list[BaseException | None] = []
+    for sub in subs:
+        try:
+            if await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id,
+                                         defer_until=sub.defer_until, defer_by=sub.defer_by):
+                with contextlib.suppress(AppError):
+                    await _publish(deps, sub.task_id, pending, progress=0)
+            outcomes.append(None)
+        except ServiceUnavailable as exc:
+            await task_store.delete(deps.db, sub.task_id)
+            outcomes.append(exc)
+    return outcomes
 
 
 async def defer(deps: Deps, task_id: str) -> None:

@@ -129,7 +129,7 @@ class JobQueue:
     @redis_guard
     async def enqueue(
         self, function: str, payload: msgspec.Struct | dict[str, Any], *, job_id: str,
-        defer_until: datetime | None = None, defer_by: float | None = None,
+        defer_until: datetime | None = None, defer_by: float | None = None, into: Round | None = None,
     ) -> bool:
         """Queue `function(payload)` under `job_id`, at exactly `defer_until` for a scheduled job and
         otherwise at the score of the module docstring (`defer_by` is the priority shift `schedule`
@@ -153,6 +153,9 @@ class JobQueue:
         ttl = max(0, score - now) + self.redis.expires_extra_ms  # arq's: a day past its time
         args: list[str | bytes | int] = [job_id, job, ttl, score, now, FAIR_WINDOW_MS, FAIR_MAX_WAITING,
                                          FAIR_STEP_MS]
+        if into is not None:  # one of the writes of the caller's round (its reply: into.last())
+            into.script(_ENQUEUE, keys, args)
+            return True
         return int(await self._enqueue(keys=keys, args=args)) >= 0
 
     @redis_guard
