@@ -161,8 +161,8 @@ async def bench_service(backend: str, args: argparse.Namespace, pg: EmbeddedPost
             worker = start_worker(env, log, profile=profile)
             drain = await drain_of(deps, ids, limit=60 + 3 * args.jobs * job_s, log=log)
             drain.problems += await check_tasks(deps, ids)
-            await asyncio.sleep(1.0)  # the last writes and the heartbeat settle
-            idle = await measure_idle(deps.redis, args.idle_seconds, worker_pid(worker))
+            await asyncio.sleep(2.0)  # the last writes settle, and the idle fallback reaches its ceiling
+            idle = await measure_idle(redis.url, args.idle_seconds, worker_pid(worker))
             wake = await wake_up(deps, stamped, args.wake_samples)
         finally:
             if worker is not None:
@@ -267,6 +267,7 @@ def report(args: argparse.Namespace, settings: Settings, results: dict[str, list
     row("worker CPU (% of a core)", lambda c: c.idle.cpu_pct, "{:.2f}")
     row("Redis polls/s", lambda c: c.idle.polls_per_s, "{:.1f}")
     row("Redis commands/s", lambda c: c.idle.commands_per_s, "{:.1f}")
+    row("worker RSS (MB, child process)", lambda c: c.idle.rss_mb, "{:.0f}")
     print()
     ours = [n for n in names if n.startswith("service")]
     for anchor in ("plain arq", "SAQ"):

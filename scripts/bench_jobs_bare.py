@@ -68,6 +68,7 @@ class Idle:
     cpu_pct: float
     polls_per_s: float
     commands_per_s: float
+    rss_mb: float = float("nan")  # the worker process's resident memory (a child process only)
 
 
 @dataclass
@@ -97,10 +98,11 @@ def proc_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure_idle(redis: Redis, seconds: float, pid: int | None = None) -> Idle:
-    """CPU of the idle worker (process `pid`, or this one) and the commands Redis receives over
-    `seconds` (MONITOR: those the clients send, not those run inside their scripts)."""
+async def measure_idle(url: str, seconds: float, pid: int | None = None) -> Idle:
+    """CPU of the idle worker (process `pid`, or this one) and the commands the Redis at `url`
+    receives over `seconds` (MONITOR: those the clients send, not those run inside their scripts)."""
     sent: dict[str, int] = {}
+    redis = Redis.from_url(url)  # no read timeout: MONITOR waits as long as the worker is quiet
 
     async def count() -> None:
         async with redis.monitor() as monitor:
@@ -118,11 +120,22 @@ async def measure_idle(redis: Redis, seconds: float, pid: int | None = None) -> 
     counting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await counting
+    await redis.aclose()
     wall = wall1 - wall0
     if os.environ.get("BENCH_DEBUG"):
         print("idle commands:", sent)
     polls = sum(n for k, n in sent.items() if k in POLL_COMMANDS)
-    return Idle(cpu_pct=100 * (cpu1 - cpu0) / wall, polls_per_s=polls / wall, commands_per_s=sum(sent.values()) / wall)
+    return Idle(cpu_pct=100 * (cpu1 - cpu0) / wall, polls_per_s=polls / wall, commands_per_s=sum(sent.values()) / wall,
+                rss_mb=rss_mb(pid))
+
+
+def rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 async def trickle(enqueue: Callable[[int], Awaitable[float]], started: Callable[[int], Awaitable[float]],
@@ -235,9 +248,10 @@ async def bench_arq(jobs: int, slots: int, job_s: float, *, wake_samples: int, i
                 return marks.starts.get(f"wake-{i}", float("nan"))
 
             await asyncio.sleep(0.5)
-            idle = await measure_idle(redis, idle_s)
+            idle = await measure_idle(server.url, idle_s)
             wake = await trickle(enqueue, started, wake_samples)
-            await w.close()
+            with contextlib.suppress(asyncio.CancelledError):  # arq's close re-raises a cancelled job's end
+                await w.close()
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
@@ -291,7 +305,7 @@ async def bench_saq(jobs: int, slots: int, job_s: float, *, wake_samples: int, i
                 return marks.starts.get(f"wake-{i}", float("nan"))
 
             await asyncio.sleep(0.5)
-            idle = await measure_idle(redis, idle_s)
+            idle = await measure_idle(server.url, idle_s)
             wake = await trickle(enqueue, started, wake_samples)
             await worker.stop()
             run.cancel()

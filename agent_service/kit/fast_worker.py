@@ -6,7 +6,7 @@
   one script claims the due jobs for every free slot in one round trip.
 - **Woken, not polling**: an idle worker blocks on the queue's wake key (kit/wakeup.py), pushed in
   the same round trip as each enqueue: a new job starts within a couple of round trips. Its
-  fallback is to look again after `poll_delay`, doubling while nothing comes up to
+  fallback is to look again after `poll_delay`, four times longer each time nothing came, up to
   IDLE_POLL_MAX (or `poll_delay`, if longer), and never later than its next reason to: the next
   deferred job's time, a due job's in-progress mark expiring (its worker may be dead), the
   heartbeat (arq's health key) or a cron job's window. The plain `arq` CLI (stock Worker) keeps
@@ -139,7 +139,7 @@ class FastWorker(Worker):
             if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
                 await self._waiter.pass_on()  # full meanwhile: another idle worker can use it
         elif timeout >= self._fallback:
-            self._fallback = min(self._fallback * 2, max(self.poll_delay_s, IDLE_POLL_MAX))
+            self._fallback = min(self._fallback * 4, max(self.poll_delay_s, IDLE_POLL_MAX))
 
     def _until_look(self, *, claiming: bool) -> float:
         """Seconds until the loop must look again: the heartbeat and the crons always, and while it

@@ -20,7 +20,9 @@ from agent_service.errors import AppError, ServiceUnavailable
 from agent_service.kit import cron as cron_spec
 from agent_service.kit import error_reporting
 from agent_service.kit.deps import Deps
+from agent_service.kit.fast_worker import HANDOFF
 from agent_service.kit.maintenance import MaintenanceJob
+from agent_service.kit.rounds import Round
 from agent_service.logging import get_logger
 from agent_service.tasks import lifecycle, maintenance, policy, queue
 from agent_service.tasks.policy import RetryLater
@@ -38,26 +40,50 @@ MAINTENANCE_RESULT_TTL = 24 * 3600  # also stops a late worker re-enqueueing a f
 async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     deps: Deps = ctx["deps"]
     job = msgspec.convert(payload, AgentJob)
+    name, lease_s = job_name(job), deps.settings.job_lease_seconds
     owner = job.owner_id
     renew = None if owner is None else functools.partial(policy.slots(deps).renew, owner, job.task_id)
-    # first thing, so that arq's long in-progress mark never outlives a worker (or a Redis) dying
-    # now: the job runs again within the lease, whatever its time limit. The owner's running slot,
-    # once taken, is renewed with it, and expires with it.
-    lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], deps.settings.job_lease_seconds,
-                                                 renew=renew))
     structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], task_id=job.task_id, request_id=job.request_id)
-    holds_slot = False
+    worker = deps.stats.worker_id if deps.stats is not None else "?"
+    lease: asyncio.Task[None] | None = None
     try:
-        delay = await policy.admit(deps, job, job_name(job), score=int(ctx["score"]))
-        if delay is not None:
-            await lifecycle.defer(deps, job.task_id)
+        # The job's start, in one round trip. First of all, arq's long in-progress mark shortened to
+        # the lease, so that it never outlives a worker (or a Redis) dying now: the job runs again
+        # within the lease, whatever its time limit. Then the owner's running slot (renewed with
+        # the lease, and expiring with it), the run's mark and its counts.
+        begin = Round(deps.redis)
+        queue.lease_into(begin, ctx["job_id"], lease_s)
+        admission = policy.take_slot_into(begin, deps, job, score=int(ctx["score"]))
+        claim = lifecycle.claim_run_into(deps, begin, job.task_id, f"{worker}:{ctx['job_id']}:{ctx['job_try']}")
+        await begin.send()
+        lease = asyncio.create_task(queue.hold_lease(deps.redis, ctx["job_id"], lease_s, renew=renew,
+                                                     first_in=lease_s / 3))
+        if admission.parked:
+            await lifecycle.defer(deps, job.task_id, claim=claim)
             # a parked job's queue entry is already where it must be: no defer, arq leaves it there
-            raise Retry(defer=delay or None)
-        holds_slot = True
-        attempt = ctx["job_try"] - await lifecycle.live(deps).deferrals(job.task_id)
+            raise Retry(defer=await policy.parked(deps, job, name) or None)
+        # however the run ends (done, failed, retrying, cancelled, shut down), its last round gives
+        # the slot back (not woken past a rate limit: that limit is what holds jobs back now)
+        end = Round(deps.redis)
+        try:
+            delay = await policy.rate_limited(deps, job, name)
+        except BaseException:  # a cancel: the slot and the run's mark back as they were
+            policy.release_into(end, deps, job, wake=False)
+            lifecycle.unclaim_run_into(deps, end, job.task_id, claim)
+            with contextlib.suppress(AppError):
+                await end.send()
+            raise
+        if delay is not None:
+            policy.release_into(end, deps, job, wake=False)
+            await lifecycle.defer(deps, job.task_id, claim=claim, rnd=end)
+            raise Retry(defer=delay)
+        policy.release_into(end, deps, job)
+        attempt = ctx["job_try"] - claim.deferrals
         if attempt == 1 and deps.metrics is not None:
-            await deps.metrics.enqueue_latency(job_name(job), time.time() - ctx["enqueue_time"].timestamp())
-        await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"])
+            await deps.metrics.enqueue_latency(name, time.time() - ctx["enqueue_time"].timestamp())
+        handoff = ctx.get(HANDOFF)
+        await run_agent_job(deps, job, attempt=attempt, job_id=ctx["job_id"], claim=claim, end=end,
+                            handoff=None if handoff is None else functools.partial(handoff, ctx["job_id"]))
     except RetryLater as exc:
         raise Retry(defer=exc.delay) from None
     except ServiceUnavailable:
@@ -67,9 +93,8 @@ async def _run(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
             await lifecycle.defer(deps, job.task_id)
         raise Retry(defer=STORE_RETRY_SECONDS) from None
     finally:
-        lease.cancel()
-        if holds_slot:  # however the run ended: done, failed, retrying, cancelled, shut down
-            await policy.release(deps, job)
+        if lease is not None:
+            lease.cancel()
         structlog.contextvars.unbind_contextvars("job_id", "task_id", "request_id")
 
 

@@ -12,6 +12,7 @@ Invariants held here, for every caller (web process, worker, maintenance, admin)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import datetime
@@ -25,7 +26,7 @@ from agent_service.kit.deps import Deps
 from agent_service.kit.rounds import Round
 from agent_service.logging import get_logger
 from agent_service.tasks import repository as task_store
-from agent_service.tasks.live import TaskLive
+from agent_service.tasks.live import Published, RunClaim, TaskLive
 from agent_service.tasks.queue import JobQueue
 from agent_service.tasks.repository import Counts, TaskRecord
 from agent_service.tasks.schemas import (
@@ -87,6 +88,19 @@ def _noted(deps: Deps, event: TaskEvent) -> None:
         deps.part(outbox_listener)()
 
 
+def _into(deps: Deps, rnd: Round, task_id: str, events: list[Published]) -> None:
+    for event, _ in events:
+        _noted(deps, event)
+    live(deps).append_into(rnd, task_id, events)
+
+
+async def _send(deps: Deps, task_id: str, events: list[Published]) -> None:
+    """A task's events, in order, in one round trip."""
+    rnd = Round(deps.redis)
+    _into(deps, rnd, task_id, events)
+    await rnd.send()
+
+
 class Submission(msgspec.Struct, kw_only=True):
     """A task to create and queue: its record and its job."""
 
@@ -111,18 +125,21 @@ async def submit(deps: Deps, sub: Submission) -> None:
     told 503: no phantom task). Once the job is queued the client must hear 202 whatever Redis
     does next, so the first event is best effort. Submissions made at the same time are written
     together (kit/coalesce.py): one INSERT of their records, then one Redis round trip queueing
-    their jobs, each followed by its first event."""
-    await deps.part(_intake).submit(sub)
+    their jobs, each followed by its first event. The two are stages of their own: while one
+    batch's jobs are being queued, the next batch's records are already being written."""
+    await deps.part(_records).submit(sub)
+    await deps.part(_jobs).submit(sub)
 
 
-def _intake(deps: Deps) -> Coalescer[Submission]:
-    async def write(subs: list[Submission]) -> list[BaseException | None]:
-        return await _submit_many(deps, subs)
-
-    return Coalescer(write)
+def _records(deps: Deps) -> Coalescer[Submission]:
+    return Coalescer(lambda subs: _create_many(deps, subs))
 
 
-async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
+def _jobs(deps: Deps) -> Coalescer[Submission]:
+    return Coalescer(lambda subs: _queue_many(deps, subs))
+
+
+async def _create_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
     rows = [task_store.NewTask(
         task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id, request_id=sub.request_id,
         session_id=sub.session_id, payload=msgspec.json.encode(sub.payload).decode() if sub.keep_payload else None,
@@ -132,7 +149,11 @@ async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException
     except UniqueViolation as exc:  # not with fresh ids; one by one then, so that only the clash fails
         if len(subs) == 1:
             return [exc]
-        return [(await _submit_many(deps, [sub]))[0] for sub in subs]
+        return [(await _create_many(deps, [sub]))[0] for sub in subs]
+    return [None] * len(subs)
+
+
+async def _queue_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
     pending = StateEvent(state="PENDING", progress=0)
     rnd = Round(deps.redis)
     for sub in subs:
@@ -160,9 +181,15 @@ async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException
     return outcomes
 
 
-async def defer(deps: Deps, task_id: str) -> None:
-    """Over a shared job limit, or a store was down: back to the queue, and not counted as a try."""
-    await live(deps).add_deferral(task_id)
+async def defer(deps: Deps, task_id: str, *, claim: RunClaim | None = None, rnd: Round | None = None) -> None:
+    """Over a shared job limit, or a store was down: back to the queue, and not counted as a try.
+    A run mark the start took (`claim`) is given back as it was found; `rnd`: with the step's other
+    writes, in one round trip."""
+    step = rnd if rnd is not None else Round(deps.redis)
+    live(deps).add_deferral_into(step, task_id)
+    if claim is not None:
+        live(deps).unclaim_run_into(step, task_id, claim)
+    await step.send()
 
 
 async def claim_run(deps: Deps, task_id: str, token: str) -> bool:
@@ -170,9 +197,25 @@ async def claim_run(deps: Deps, task_id: str, token: str) -> bool:
     return await live(deps).claim_run(task_id, token)
 
 
+def claim_run_into(deps: Deps, rnd: Round, task_id: str, token: str) -> RunClaim:
+    """A run begins, in the round of the job's start: the claim tells, once the round is sent,
+    whether the previous run never ended, how many starts were deferrals, and whether a cancel
+    was asked for."""
+    return live(deps).claim_run_into(rnd, task_id, token)
+
+
 async def release_run(deps: Deps, task_id: str) -> None:
     """The run ended in any way its worker saw (done, failed, retrying, cancelled, shut down)."""
     await live(deps).release_run(task_id)
+
+
+def release_run_into(deps: Deps, rnd: Round, task_id: str) -> None:
+    live(deps).release_run_into(rnd, task_id)
+
+
+def unclaim_run_into(deps: Deps, rnd: Round, task_id: str, claim: RunClaim) -> None:
+    """A start that did not become a run: its mark back as the claim found it."""
+    live(deps).unclaim_run_into(rnd, task_id, claim)
 
 
 async def requeue_lost(deps: Deps, record: TaskRecord, *, function: str, payload: dict[str, object]) -> bool:
@@ -185,18 +228,66 @@ async def requeue_lost(deps: Deps, record: TaskRecord, *, function: str, payload
     return True
 
 
-async def start(deps: Deps, task_id: str, *, attempt: int, worker_lost: bool = False) -> Counts | None:
+async def start(deps: Deps, task_id: str, *, attempt: int, worker_lost: bool = False,
+                run: Run | None = None) -> Counts | None:
     """STARTED for this attempt, and the task's retry and worker-loss counts; None (and nothing
-    written) if the task is finished or unknown."""
-    counts = await task_store.mark_started(deps.db, task_id, tries=attempt, now=deps.clock(), worker_lost=worker_lost)
+    written) if the task is finished or unknown. With `run`, the event goes out with the run's
+    next write (Run.flush) instead of by itself."""
+    mark = _Mark(task_id, tries=attempt, lost=worker_lost)
+    await deps.part(_starts).submit(mark)
+    counts = mark.counts
     if counts is None:
         return None
-    await _publish(deps, task_id, StateEvent(state="STARTED", progress=STARTED, attempt=attempt), progress=STARTED)
+    event = StateEvent(state="STARTED", progress=STARTED, attempt=attempt)
+    if run is None:
+        await _publish(deps, task_id, event, progress=STARTED)
+    else:
+        run.pending.append((event, STARTED))
     return counts
 
 
+class _Mark:
+    """One run's start or success in SQL, written in one statement with those of the runs that
+    start or succeed at the same moment (kit/coalesce.py): under load, a worker's concurrent runs
+    share the database's per-statement and per-commit cost instead of queueing for it."""
+
+    __slots__ = ("changed", "counts", "lost", "task_id", "tries")
+
+    def __init__(self, task_id: str, *, tries: int = 0, lost: bool = False) -> None:
+        self.task_id, self.tries, self.lost = task_id, tries, lost
+        self.counts: Counts | None = None
+        self.changed = False
+
+
+def _starts(deps: Deps) -> Coalescer[_Mark]:
+    async def write(marks: list[_Mark]) -> list[BaseException | None]:
+        got = await task_store.mark_started_many(deps.db, [(m.task_id, m.tries, m.lost) for m in marks],
+                                                 now=deps.clock())
+        for m in marks:
+            m.counts = got.get(m.task_id)
+        return [None] * len(marks)
+
+    return Coalescer(write)
+
+
+def _successes(deps: Deps) -> Coalescer[_Mark]:
+    async def write(marks: list[_Mark]) -> list[BaseException | None]:
+        changed = await task_store.mark_succeeded_many(deps.db, [m.task_id for m in marks], now=deps.clock())
+        for m in marks:
+            m.changed = m.task_id in changed
+        return [None] * len(marks)
+
+    return Coalescer(write)
+
+
 class Run:
-    """One attempt of a started task: its progress and stream output, each published once."""
+    """One attempt of a started task: its progress and stream output, each published once.
+
+    Events that follow each other with nothing to wait for between them (STARTED, input loaded,
+    agent called) wait in `pending` and go out together with the run's next write: `flush_soon`
+    before anything slow (the agent's call) sends them while it runs, every other write of the run
+    waits for that and sends what is pending first, and the worker's last round (`end_into`) takes
+    whatever is left."""
 
     def __init__(self, deps: Deps, task_id: str, attempt: int) -> None:
         self._deps = deps
@@ -206,27 +297,66 @@ class Run:
         self.chunks = 0
         self.expected: int | None = None
         self.retries = 0  # transient failures already retried before this run
+        self.pending: list[Published] = []
+        self._sending: asyncio.Future[None] | None = None
 
-    async def advance(self, value: int) -> None:
+    def note(self, value: int) -> None:
+        """Progress `value`, published with the run's next write (nothing if it does not move)."""
         if value > self.progress:
             self.progress = value
-            await _publish(self._deps, self.task_id, ProgressEvent(progress=value, attempt=self.attempt),
-                           progress=value)
+            self.pending.append((ProgressEvent(progress=value, attempt=self.attempt), value))
+
+    async def advance(self, value: int) -> None:
+        self.note(value)
+        await self.flush()
+
+    async def flush(self) -> None:
+        await self._settled()
+        if self.pending:
+            events, self.pending = self.pending, []
+            await _send(self._deps, self.task_id, events)
+
+    def flush_soon(self) -> None:
+        """Send what is pending without waiting (the agent's call goes on meanwhile); the run's
+        next write waits for it first, so that the stream keeps its order, and raises its error."""
+        if self.pending and self._sending is None:
+            events, self.pending = self.pending, []
+            self._sending = asyncio.ensure_future(_send(self._deps, self.task_id, events))
+
+    async def _settled(self) -> None:
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            await sending
+
+    async def end_into(self, rnd: Round) -> None:
+        """What is still pending, into the run's last round (an earlier send that failed is
+        given up: the run is over either way)."""
+        with contextlib.suppress(AppError):
+            await self._settled()
+        events, self.pending = self.pending, []
+        _into(self._deps, rnd, self.task_id, events)
 
     async def chunk(self, content: str) -> None:
         index = self.chunks
         self.chunks += 1
         self.progress = max(self.progress, stream_progress(self.chunks, self.expected))
-        event = ChunkEvent(index=index, content=content, attempt=self.attempt, progress=self.progress)
-        await _publish(self._deps, self.task_id, event, progress=self.progress)
+        self.pending.append((ChunkEvent(index=index, content=content, attempt=self.attempt, progress=self.progress),
+                             self.progress))
+        await self.flush()
 
-    async def succeed(self, result: TaskResult) -> bool:
-        return await succeed(self._deps, self.task_id, result, attempt=self.attempt)
+    async def succeed(self, result: TaskResult, *, then: Round | None = None) -> bool:
+        """SUCCESS (pending events go out with the result, in one round trip); with `then`, the
+        SUCCESS event is one of that round's writes, sent by the caller right after."""
+        await self._settled()
+        events, self.pending = self.pending, []
+        return await succeed(self._deps, self.task_id, result, attempt=self.attempt, before=events, then=then)
 
     async def fail(self, reason: str, *, code: str | None = None) -> bool:
+        await self.flush()
         return await fail(self._deps, self.task_id, reason, attempt=self.attempt, progress=self.progress, code=code)
 
     async def retry(self, reason: str, retry_at: datetime) -> bool:
+        await self.flush()
         if not await task_store.mark_retry(self._deps.db, self.task_id, error=reason, retry_at=retry_at,
                                            now=self._deps.clock()):
             return False
@@ -235,15 +365,28 @@ class Run:
         return True
 
     async def revoke(self, partial: JobResult | None) -> bool:
+        await self.flush()
         return await revoke(self._deps, self.task_id, partial, attempt=self.attempt, progress=self.progress)
 
 
-async def succeed(deps: Deps, task_id: str, result: TaskResult, *, attempt: int = 0) -> bool:
-    await live(deps).store_result(task_id, result)  # before SUCCESS can be seen
-    if not await task_store.mark_finished(deps.db, task_id, state="SUCCESS", error=None, now=deps.clock()):
+async def succeed(deps: Deps, task_id: str, result: TaskResult, *, attempt: int = 0,
+                  before: list[Published] | None = None, then: Round | None = None) -> bool:
+    """SUCCESS. `before`: the run's events still to publish, sent with the result; `then`: a round
+    the caller sends right after, which the SUCCESS event joins."""
+    first = Round(deps.redis)
+    _into(deps, first, task_id, before or [])
+    live(deps).store_result_into(first, task_id, result)
+    await first.send()  # before SUCCESS can be seen
+    mark = _Mark(task_id)
+    await deps.part(_successes).submit(mark)
+    if not mark.changed:
         log.info("task.finish_lost", task_id=task_id, wanted="SUCCESS")
         return False
-    await _publish(deps, task_id, StateEvent(state="SUCCESS", progress=100, attempt=attempt), progress=100)
+    done: list[Published] = [(StateEvent(state="SUCCESS", progress=100, attempt=attempt), 100)]
+    if then is None:
+        await _send(deps, task_id, done)
+    else:
+        _into(deps, then, task_id, done)
     return True
 
 
@@ -284,3 +427,4 @@ async def requeue_by_admin(deps: Deps, record: TaskRecord, *, function: str, pay
     await queue(deps).enqueue(function, payload, job_id=record.id)
     await _publish(deps, record.id, StateEvent(state="PENDING", progress=0, retried_by_admin=True), progress=0)
     log.info("task.requeued", task_id=record.id)
+

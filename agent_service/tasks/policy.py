@@ -4,7 +4,6 @@ job rate limits. Over a limit a job is deferred, not failed, and the deferral is
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from agent_service.config import Settings
 from agent_service.errors import AppError
 from agent_service.kit.deps import Deps
 from agent_service.kit.ratelimit import Limit
+from agent_service.kit.rounds import Reply, Round
 from agent_service.logging import get_logger
 from agent_service.tasks import queue
 from agent_service.tasks.fairness import UserSlots
@@ -62,54 +62,56 @@ def _now_ms() -> int:
     return int(time.time() * 1000)  # queue scores are wall-clock ms, as arq compares them
 
 
-async def admit(deps: Deps, job: AgentJob, name: str, *, score: int) -> float | None:
-    """The shared limits: None to run now, else seconds to defer the job.
+class Admission:
+    """The owner's running cap, asked in the round of the job's start (`take_slot_into`)."""
 
-    First the owner's running cap: with every slot taken the job is parked (its queue entry moved
-    about a lease ahead, woken as soon as a slot is given back; tasks/fairness.py) and PARKED is
-    returned: nothing to add to its queue score. Then the job rate limits, which do not count the
-    parked jobs' attempts; a job they defer gives its slot back. Admitted, the job holds one of
-    its owner's slots until `release`.
+    def __init__(self, slot: Reply | None) -> None:
+        self._slot = slot
 
-    A deferral is not a try: the caller re-queues the job and the attempt count ignores it.
-    """
-    if not await _take_slot(deps, job, score):
-        await _deferred(deps, job, name, PARKED, reason="user_cap")
-        return PARKED
-    try:
-        delay = await _rate_limited(deps, job, name)
-    except BaseException:  # any way out but admission (a cancel too) gives the slot back
-        await release(deps, job, wake=False)
-        raise
-    if delay is not None:
-        # not woken: the rate limit is what holds jobs back now, a woken job would only meet it
-        await release(deps, job, wake=False)
-    return delay
+    @property
+    def parked(self) -> bool:
+        """Every slot of the owner was taken: the job is parked (its queue entry moved about a
+        lease ahead, woken as soon as a slot is given back; tasks/fairness.py). A job without an
+        owner has nobody to be fair to."""
+        return self._slot is not None and not self._slot.value
 
 
-async def _take_slot(deps: Deps, job: AgentJob, score: int) -> bool:
+def take_slot_into(rnd: Round, deps: Deps, job: AgentJob, *, score: int) -> Admission:
+    """The first of the shared limits: one of the owner's slots, taken in the round of the job's
+    start. Admitted, the job holds it until `release_into`'s round is sent (however the run ends);
+    then the job rate limits (`rate_limited`), which do not count the parked jobs' attempts.
+
+    A deferral is not a try: the caller re-queues the job and the attempt count ignores it."""
     if job.owner_id is None:
-        return True  # no owner to be fair to (not submitted by a user)
+        return Admission(None)  # no owner to be fair to (not submitted by a user)
     s = deps.settings
     fallback = s.job_lease_seconds * (0.5 + 0.5 * deps.rng())  # jittered: parked jobs do not return in step
-    return await slots(deps).acquire(job.owner_id, job.task_id, cap=running_cap(s, job.tier), score=score,
-                                     parked_until_ms=_now_ms() + int(fallback * 1000),
-                                     waiting=queue.waiting_keys(deps.prefix, job.owner_id))
+    return Admission(slots(deps).acquire_into(
+        rnd, job.owner_id, job.task_id, cap=running_cap(s, job.tier), score=score,
+        parked_until_ms=_now_ms() + int(fallback * 1000), waiting=queue.waiting_keys(deps.prefix, job.owner_id)))
 
 
-async def release(deps: Deps, job: AgentJob, *, wake: bool = True) -> None:
-    """Give the job's slot back, however its run ended, and wake the owner's first parked job: at
-    its own place in the queue, but not before the place of a low job submitted now (other users'
-    jobs already waiting go first). With Redis away the slot expires by itself within a lease."""
+async def parked(deps: Deps, job: AgentJob, name: str) -> float:
+    """The job was parked by its owner's cap: PARKED (nothing to add to its queue score)."""
+    await _deferred(deps, job, name, PARKED, reason="user_cap")
+    return PARKED
+
+
+def release_into(rnd: Round, deps: Deps, job: AgentJob, *, wake: bool = True) -> None:
+    """Give the job's slot back with the round's other writes, and wake the owner's first parked
+    job: at its own place in the queue, but not before the place of a low job submitted now (other
+    users' jobs already waiting go first). With Redis away the slot expires by itself within a
+    lease. `wake=False` for a job the rate limits deferred: they are what holds jobs back now, a
+    woken job would only meet them."""
     if job.owner_id is None:
         return
     now = _now_ms()
-    with contextlib.suppress(AppError):
-        await slots(deps).release(job.owner_id, job.task_id, now_ms=now, floor_ms=now - queue.FAIR_WINDOW_MS,
-                                  wake=wake)
+    slots(deps).release_into(rnd, job.owner_id, job.task_id, now_ms=now, floor_ms=now - queue.FAIR_WINDOW_MS,
+                             wake=wake)
 
 
-async def _rate_limited(deps: Deps, job: AgentJob, name: str) -> float | None:
+async def rate_limited(deps: Deps, job: AgentJob, name: str) -> float | None:
+    """The job rate limits: None to run now, else seconds to defer the job."""
     s = deps.settings
     if not s.rate_limit_enabled or deps.limiter is None:
         return None

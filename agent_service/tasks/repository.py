@@ -175,6 +175,50 @@ async def mark_finished(
     return changed > 0
 
 
+async def mark_started_many(db: Database, starts: list[tuple[str, int, bool]], *,
+                            now: datetime) -> dict[str, Counts]:
+    """`mark_started` for several tasks at once, (task id, tries, worker lost) each: one UPDATE
+    per distinct (tries, worker lost), in one transaction when there are several. The counts of
+    the tasks that changed (a finished or unknown task is left out)."""
+    groups: dict[tuple[int, bool], list[str]] = {}
+    for task_id, tries, lost in starts:
+        groups.setdefault((tries, lost), []).append(task_id)
+
+    def update(tries: int, lost: bool, ids: list[str]) -> tuple[str, tuple[Any, ...]]:
+        return ("UPDATE tasks SET state = 'STARTED', tries = ?, started_at = COALESCE(started_at, ?),"
+                " worker_losses = worker_losses + ?, updated_at = ?, next_retry_at = NULL"
+                f" WHERE id IN ({', '.join('?' * len(ids))}) AND state NOT IN {_FINISHED}"
+                " RETURNING id, retries, worker_losses", (tries, iso(now), int(lost), iso(now), *ids))
+
+    if len(groups) == 1:  # one statement is atomic by itself
+        ((tries, lost), ids), = groups.items()
+        rows = await db.fetchall(*update(tries, lost, ids))
+    else:
+        rows = []
+        async with db.transaction() as tx:
+            for (tries, lost), ids in groups.items():
+                rows += await tx.fetchall(*update(tries, lost, ids))
+    return {r[0]: Counts(retries=r[1], worker_losses=r[2]) for r in rows}
+
+
+async def mark_succeeded_many(db: Database, task_ids: list[str], *, now: datetime) -> set[str]:
+    """`mark_finished(state="SUCCESS")` for several tasks in one transaction (one UPDATE and one
+    outbox INSERT for all); the ids that changed (the first finish wins)."""
+    marks = ", ".join("?" * len(task_ids))
+    async with db.transaction() as tx:
+        rows = await tx.fetchall(
+            "UPDATE tasks SET state = 'SUCCESS', error = NULL, error_code = NULL, completed_at = ?, updated_at = ?,"
+            f" next_retry_at = NULL WHERE id IN ({marks}) AND state NOT IN {_FINISHED} RETURNING id",
+            (iso(now), iso(now), *task_ids))
+        changed = [r[0] for r in rows]
+        if changed:
+            await tx.execute(
+                "INSERT INTO task_events_outbox (task_id, owner_id, event, created_at) SELECT id, owner_id, ?, ?"
+                f" FROM tasks WHERE id IN ({', '.join('?' * len(changed))}) AND owner_id IS NOT NULL",
+                (OUTBOX_EVENTS["SUCCESS"], iso(now), *changed))
+    return set(changed)
+
+
 async def requeue(db: Database, task_id: str, *, now: datetime) -> bool:
     """A failed or cancelled task back to PENDING for another run (admin retry)."""
     changed = await db.execute(

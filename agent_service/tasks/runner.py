@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -28,11 +28,13 @@ from agent_service.agents.service import registry
 from agent_service.errors import AppError, ServiceUnavailable
 from agent_service.kit import tracing
 from agent_service.kit.deps import Deps
+from agent_service.kit.rounds import Round
 from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
 from agent_service.tasks import lifecycle, queue
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.lifecycle import ANSWERED, CALLED, LOADED, Run
+from agent_service.tasks.live import RunClaim
 from agent_service.tasks.policy import RetryLater, backoff_delay
 from agent_service.tasks.schemas import AgentJob, JobResult
 
@@ -124,36 +126,50 @@ async def observe(deps: Deps, job: AgentJob, what: str, started: float | None = 
         await deps.metrics.event(what, job_name(job), duration=duration)
 
 
-async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str) -> None:
+async def run_agent_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, claim: RunClaim,
+                        end: Round, handoff: Callable[[Awaitable[None]], None] | None = None) -> None:
+    """Run the job whose start (tasks/jobs.py) took `claim` (the run's mark, its counts, the cancel
+    flag); `end` is the run's last round, sent however the run ends, with the writes the caller
+    added to it (the owner's slot given back). With `handoff` (FastWorker's), that last send is
+    handed to the worker, which waits for it together with its own end of the job."""
     if deps.stats is not None:
         deps.stats.running += 1
-    worker = deps.stats.worker_id if deps.stats is not None else "?"
-    lost = await lifecycle.claim_run(deps, job.task_id, f"{worker}:{job_id}:{attempt}")
+    run = Run(deps, job.task_id, attempt)
     try:
         with tracing.job_span(f"run {job_name(job)}", job.traceparent, task_id=job.task_id, agent=job.agent_id,
                               job_id=job_id, attempt=attempt, request_id=job.request_id):
-            await _run_job(deps, job, attempt=attempt, job_id=job_id, worker_lost=lost)
+            await _run_job(deps, job, run, job_id=job_id, claim=claim, end=end)
     finally:
         if deps.stats is not None:
             deps.stats.running -= 1
         # every way out this worker sees (incl. a shutdown's cancel) lets go of the run; only a
         # dead worker leaves it behind, which the next run counts as a lost worker
-        try:
-            await lifecycle.release_run(deps, job.task_id)
-        except AppError:  # Redis is away: let go as soon as it is back (this worker is alive)
-            _pending_releases.add(asyncio.create_task(_release_later(deps, job.task_id)))
+        await run.end_into(end)
+        lifecycle.release_run_into(deps, end, job.task_id)
+        last = _send_end(deps, job.task_id, end)
+        if handoff is None:
+            await last
+        else:
+            handoff(asyncio.ensure_future(last))
 
 
-async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, worker_lost: bool) -> None:
+async def _send_end(deps: Deps, task_id: str, end: Round) -> None:
+    try:
+        await end.send()
+    except AppError:  # Redis is away: let go of the run as soon as it is back (this worker is alive)
+        _pending_releases.add(asyncio.create_task(_release_later(deps, task_id)))
+
+
+async def _run_job(deps: Deps, job: AgentJob, run: Run, *, job_id: str, claim: RunClaim, end: Round) -> None:
     started = time.monotonic()
+    attempt, worker_lost = run.attempt, claim.worker_lost
     fields = {"job_id": job_id, "task_id": job.task_id, "agent": job.agent_id, "try": attempt}
-    run = Run(deps, job.task_id, attempt)
-    if await lifecycle.live(deps).cancel_requested(job.task_id):
+    if claim.cancel_requested:
         await _finish_cancelled(deps, job, run, None, fields, started)
         return
     if worker_lost:
         log.warning("job.worker_lost", **fields)
-    counts = await lifecycle.start(deps, job.task_id, attempt=attempt, worker_lost=worker_lost)
+    counts = await lifecycle.start(deps, job.task_id, attempt=attempt, worker_lost=worker_lost, run=run)
     if counts is None:
         if await task_store.get(deps.db, job.task_id) is None:
             # a queue entry without its durable record: another deployment's database, or a record
@@ -202,7 +218,7 @@ async def _run_job(deps: Deps, job: AgentJob, *, attempt: int, job_id: str, work
     if job.session_id and not result.incomplete:
         await SessionService.from_deps(deps).record_exchange(job.owner_id, job.session_id, job.agent_id,
                                                              job.message, result.content)
-    await run.succeed(result)
+    await run.succeed(result, then=end)
     await observe(deps, job, "succeeded", started)
     log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
 
@@ -214,10 +230,11 @@ async def _run(deps: Deps, job: AgentJob, run: Run, *, soft_limit: float) -> Job
     history = []
     if job.session_id:
         history = await SessionService.from_deps(deps).history_for(job.owner_id, job.session_id, agent.name)
-    await run.advance(LOADED)
+    run.note(LOADED)
     data = AgentInput(message=job.message, session_id=job.session_id, metadata=job.metadata, attempt=run.attempt,
                       history=history)
-    await run.advance(CALLED)
+    run.note(CALLED)
+    run.flush_soon()  # STARTED, LOADED and CALLED in one round trip, while the agent takes its time
     started_at = deps.clock()
     meta: dict[str, Any] = {"agent_id": agent.name}
     if not job.stream:
@@ -226,7 +243,7 @@ async def _run(deps: Deps, job: AgentJob, run: Run, *, soft_limit: float) -> Job
                 out = await agent.invoke(data)
         except TimeoutError:
             raise SoftTimeLimit from None
-        await run.advance(ANSWERED)
+        run.note(ANSWERED)  # goes out with the result
         return JobResult(content=out.content, metadata={**meta, **out.metadata}, agent_id=agent.name,
                          session_id=job.session_id, started_at=started_at, completed_at=deps.clock())
     parts: list[str] = []
