@@ -125,21 +125,18 @@ async def submit(deps: Deps, sub: Submission) -> None:
     told 503: no phantom task). Once the job is queued the client must hear 202 whatever Redis
     does next, so the first event is best effort. Submissions made at the same time are written
     together (kit/coalesce.py): one INSERT of their records, then one Redis round trip queueing
-    their jobs, each followed by its first event. The two are stages of their own: while one
-    batch's jobs are being queued, the next batch's records are already being written."""
-    await deps.part(_records).submit(sub)
-    await deps.part(_jobs).submit(sub)
+    their jobs, each followed by its first event."""
+    await deps.part(_intake).submit(sub)
 
 
-def _records(deps: Deps) -> Coalescer[Submission]:
-    return Coalescer(lambda subs: _create_many(deps, subs))
+def _intake(deps: Deps) -> Coalescer[Submission]:
+    async def write(subs: list[Submission]) -> list[BaseException | None]:
+        return await _submit_many(deps, subs)
+
+    return Coalescer(write)
 
 
-def _jobs(deps: Deps) -> Coalescer[Submission]:
-    return Coalescer(lambda subs: _queue_many(deps, subs))
-
-
-async def _create_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
+async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
     rows = [task_store.NewTask(
         task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id, request_id=sub.request_id,
         session_id=sub.session_id, payload=msgspec.json.encode(sub.payload).decode() if sub.keep_payload else None,
@@ -149,11 +146,7 @@ async def _create_many(deps: Deps, subs: list[Submission]) -> list[BaseException
     except UniqueViolation as exc:  # not with fresh ids; one by one then, so that only the clash fails
         if len(subs) == 1:
             return [exc]
-        return [(await _create_many(deps, [sub]))[0] for sub in subs]
-    return [None] * len(subs)
-
-
-async def _queue_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
+        return [(await _submit_many(deps, [sub]))[0] for sub in subs]
     pending = StateEvent(state="PENDING", progress=0)
     rnd = Round(deps.redis)
     for sub in subs:
