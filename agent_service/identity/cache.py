@@ -118,12 +118,17 @@ class AuthCache:
         running = self._reads.get(name)
         if running is None:
             running = self._reads[name] = asyncio.ensure_future(read())
-            running.add_done_callback(lambda _: self._reads.pop(name, None))
+            running.add_done_callback(lambda done: self._finished(name, done))
         try:
             result: R = await asyncio.shield(running)
         except AppError as exc:  # each waiter its own copy: a caller may add headers to what it raises
             raise copy.copy(exc) from None
         return result
+
+    def _finished(self, name: str, done: asyncio.Future[Any]) -> None:
+        self._reads.pop(name, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too: its waiters may all have gone (cancelled requests)
 
     def should_touch(self, key_id: str, every_seconds: float) -> bool:
         """Whether this process should record the key's use now (then it counts as recorded)."""
