@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from agent_service.agents import endpoints as agents
+from agent_service.agents import service as agent_service
 from agent_service.audit import endpoints as audit
 from agent_service.audit import jobs as audit_jobs
 from agent_service.identity import endpoints as identity
@@ -25,6 +26,8 @@ from agent_service.tasks import batch_endpoints as task_batches
 from agent_service.tasks import endpoints as tasks
 from agent_service.tasks import lifecycle
 from agent_service.tasks import ws_endpoints as task_sockets
+from agent_service.usage import endpoints as usage
+from agent_service.usage import service as usage_service
 from agent_service.webhooks import endpoints as webhooks
 from agent_service.webhooks import service as webhook_service
 from agent_service.webhooks.jobs import Waker
@@ -41,7 +44,7 @@ def api_routes() -> list[BaseRoute]:
     """Everything under /api/v1. Tasks first: "/agents/tasks/..." must not be taken for an agent id."""
     return [*tasks.routes, *task_batches.routes, *webhooks.routes, *agents.routes, *identity.routes, *ops.api_routes,
             *task_admin.routes, *audit.routes, *sessions.routes, *a2a.routes, *mcp.routes, *agui.routes,
-            *task_sockets.routes]
+            *task_sockets.routes, *usage.routes]
 
 
 def root_routes() -> list[BaseRoute]:
@@ -56,3 +59,5 @@ def provide_parts(deps: Deps) -> None:
     wake = deps.part(Waker.of).poke
     deps.provide(lifecycle.outbox_listener, wake)
     deps.provide(webhook_service.wakeup, wake)
+    sync_meter: agent_service.Meter = usage_service.SyncMeter(deps)  # budgets and records for sync calls
+    deps.provide(agent_service.meter, sync_meter)

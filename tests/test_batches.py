@@ -118,7 +118,7 @@ async def test_a_batch_completes_and_batch_completed_is_sent_once(
     # every task's event saw the batch at its end at most once more: seeing it again (another
     # worker, a re-run pass) writes nothing new
     deps = deps_of(api)
-    owner = (await deps.db.fetchone("SELECT owner_id FROM batches WHERE id = ?", (accepted["batch_id"],)))[0]
+    owner = (await api.get("/api/v1/auth/me")).json()["user_id"]
     again = await asyncio.gather(*(dispatch._batch_completed(deps, owner, accepted["batch_id"]) for _ in range(4)))
     await asyncio.gather(*(webhook_store.add_deliveries(deps.db, made) for made in again))
     rows = await deps.db.fetchall("SELECT id FROM webhook_deliveries WHERE event = 'batch.completed'")
@@ -206,13 +206,14 @@ async def test_a_queue_failing_midway_leaves_no_batch(api: Client, hook_settings
     deps = deps_of(api)
     owner = (await api.get("/api/v1/auth/me")).json()["user_id"]
     half = Deps(settings=deps.settings, db=deps.db, redis=deps.redis, http=deps.http, clock=deps.clock)
-    half.provide(JobQueue.of, RefusingQueue(deps, allowed=10))
+    refusing: JobQueue = RefusingQueue(deps, allowed=10)
+    half.provide(JobQueue.of, refusing)
     body = BatchRequest(items=[InvokeAsyncRequest(message=f"part {i}") for i in range(30)])
     with pytest.raises(ServiceUnavailable):
         await batches.submit_batch(half, "echo", body, owner_id=owner, request_id=None, idempotency_key=None,
                                    tier=None, is_admin=False)
     assert await task_rows(api) == 0
-    assert (await deps.db.fetchone("SELECT COUNT(*) FROM batches"))[0] == 0
+    assert (await api.get("/api/v1/batches")).json()["items"] == []
     assert await queued(api) == 10  # queued before the failure: their worker finds no record
     await start_worker(hook_settings)
     await wait_for(lambda: _empty(api), timeout=15)

@@ -18,7 +18,9 @@ async def test_stream_joins_back_to_the_message() -> None:
     items = [c async for c in EchoAgent().stream(AgentInput(message=msg))]
     # echo announces its size first, so a streaming task's progress can be exact
     assert items[0] == StreamMeta(expected_chunks=3)
-    chunks = items[1:]
+    # and reports its usage last (words in, words out)
+    assert items[-1] == StreamMeta(metadata={"model": "echo", "usage": {"input_tokens": 3, "output_tokens": 3}})
+    chunks = items[1:-1]
     assert len(chunks) == 3 and all(isinstance(c, str) for c in chunks)
     assert "".join(chunks) == msg  # type: ignore[arg-type]
 

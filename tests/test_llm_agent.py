@@ -75,7 +75,8 @@ async def test_invoke_returns_the_reply_with_model_and_usage(agent: SimpleLLMAge
 
     assert out.content == "You said: hello there"
     # prompt: system (5 words) + history (2 + 2) + user (2) = 11; completion: 4 words
-    assert out.metadata == {"agent": "simple_llm_agent", "model": "m", "tokens_used": 15}
+    assert out.metadata == {"agent": "simple_llm_agent", "model": "m", "tokens_used": 15,
+                            "usage": {"input_tokens": 11, "output_tokens": 4}}
     [req] = fake.requests
     assert req.path == "/v1/chat/completions"
     assert req.headers["authorization"] == "Bearer k"
@@ -114,7 +115,8 @@ async def test_stream_chunks_join_to_the_reply_and_meta_comes_last(agent: Simple
     assert "".join(chunks) == "You said: stream me please"  # type: ignore[arg-type]
     assert isinstance(meta, StreamMeta)
     # prompt: 5 + 4 + 3 = 12; completion: 5
-    assert meta.metadata == {"agent": "simple_llm_agent", "model": "m", "tokens_used": 17}
+    assert meta.metadata == {"agent": "simple_llm_agent", "model": "m", "tokens_used": 17,
+                             "usage": {"input_tokens": 12, "output_tokens": 5}}
     [req] = fake.requests
     assert req.body["stream"] is True
     assert req.body["stream_options"] == {"include_usage": True}

@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent_service.agents.schemas import (
+    USAGE_KEY,
     AgentInput,
     AgentOutput,
     InvalidAgentInput,
     PermanentAgentError,
     StreamMeta,
     TransientAgentError,
+    usage_metadata,
 )
 from agent_service.config import Settings
 
@@ -82,7 +84,8 @@ class EchoAgent:
             await asyncio.sleep(delay * len(chunks))
         return AgentOutput(
             content=data.message,
-            metadata={"agent": self.name, "chunks": len(chunks), "history_length": len(data.history)},
+            metadata={"agent": self.name, "chunks": len(chunks), "history_length": len(data.history),
+                      **_usage(data.message)},
         )
 
     async def stream(self, data: AgentInput) -> AsyncIterator[str | StreamMeta]:
@@ -92,3 +95,10 @@ class EchoAgent:
             if delay:
                 await asyncio.sleep(delay)
             yield chunk
+        yield StreamMeta(metadata=_usage(data.message))
+
+
+def _usage(message: str) -> dict[str, Any]:
+    """Echo's "tokens" are words: in as many as out (it answers with the message)."""
+    words = len(message.split())
+    return {"model": "echo", USAGE_KEY: usage_metadata(words, words)}

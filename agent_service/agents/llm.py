@@ -14,6 +14,7 @@ import httpx
 import msgspec
 
 from agent_service.agents.schemas import (
+    USAGE_KEY,
     AgentInput,
     AgentOutput,
     AgentUnavailable,
@@ -21,6 +22,7 @@ from agent_service.agents.schemas import (
     StreamItem,
     StreamMeta,
     TransientAgentError,
+    usage_metadata,
 )
 from agent_service.config import Settings
 from agent_service.kit import tracing
@@ -28,6 +30,8 @@ from agent_service.kit import tracing
 
 class _Usage(msgspec.Struct):
     total_tokens: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class _Msg(msgspec.Struct):
@@ -134,6 +138,10 @@ class SimpleLLMAgent:
         meta: dict[str, Any] = {"agent": self.name, "model": completion.model or self._settings.llm_model}
         if completion.usage and completion.usage.total_tokens is not None:
             meta["tokens_used"] = completion.usage.total_tokens
+        if completion.usage and (completion.usage.prompt_tokens is not None
+                                 or completion.usage.completion_tokens is not None):
+            meta[USAGE_KEY] = usage_metadata(max(0, completion.usage.prompt_tokens or 0),
+                                             max(0, completion.usage.completion_tokens or 0))
         return meta
 
     async def stream(self, data: AgentInput) -> AsyncIterator[StreamItem]:

@@ -23,7 +23,23 @@ class AgentInput(msgspec.Struct, kw_only=True):
 
 class AgentOutput(msgspec.Struct, kw_only=True):
     content: str
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)  # with `usage` and `model`: see Usage
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """What one run used, as its agent reports it: `metadata["usage"]` of its output (or of the
+    last StreamMeta), the model under `metadata["model"]`. Recorded and counted against budgets
+    (agent_service/usage); an agent that reports nothing used nothing."""
+
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+USAGE_KEY = "usage"
+
+
+def usage_metadata(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens}
 
 
 class StreamMeta(msgspec.Struct, kw_only=True):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from agent_service.agents.registry import AgentRegistry
 from agent_service.agents.schemas import (
@@ -36,6 +37,28 @@ from agent_service.sessions.service import SessionService
 StreamEvent = StreamChunk | StreamDone | StreamError
 
 log = get_logger(__name__)
+
+
+class Meter(Protocol):
+    """How a synchronous call is metered: `before` may refuse it (a budget), `after` records what
+    it used (`metadata` of its output; None: it ended without an answer). The entry points provide
+    the usage domain's; unmetered by default."""
+
+    async def before(self, owner_id: str, ref: str) -> None: ...
+
+    async def after(self, owner_id: str, ref: str, agent_id: str, metadata: dict[str, Any] | None) -> None: ...
+
+
+class _Unmetered:
+    async def before(self, owner_id: str, ref: str) -> None:
+        return None
+
+    async def after(self, owner_id: str, ref: str, agent_id: str, metadata: dict[str, Any] | None) -> None:
+        return None
+
+
+def meter(deps: Deps) -> Meter:
+    return _Unmetered()
 
 
 def registry(deps: Deps) -> AgentRegistry:
@@ -84,13 +107,19 @@ async def _remember(deps: Deps, agent: Agent, req: InvokeRequest, owner_id: str,
 async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest, *, owner_id: str) -> InvokeResponse:
     agent = resolve_agent(deps, agent_id)
     data = await _input(deps, agent, req, owner_id)
+    ref, metered = uuid.uuid4().hex, deps.part(meter)
+    await metered.before(owner_id, ref)
     try:
         async with asyncio.timeout(deps.settings.sync_invoke_timeout):
             out = await agent.invoke(data)
-    except TimeoutError:
-        raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
-    except AgentError as exc:
-        raise to_app_error(exc) from None
+    except BaseException as exc:
+        await metered.after(owner_id, ref, agent.name, None)
+        if isinstance(exc, TimeoutError):
+            raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
+        if isinstance(exc, AgentError):
+            raise to_app_error(exc) from None
+        raise
+    await metered.after(owner_id, ref, agent.name, out.metadata)
     await _remember(deps, agent, req, owner_id, out.content)
     return InvokeResponse(response=out.content, metadata={**out.metadata, "agent_id": agent.name})
 
@@ -102,27 +131,54 @@ async def open_stream(
     agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
     agent = resolve_agent(deps, agent_id)
     source = agent.stream(await _input(deps, agent, req, owner_id))
+    ref, metered = uuid.uuid4().hex, deps.part(meter)
+    try:
+        await metered.before(owner_id, ref)
+    except BaseException:
+        await source.aclose()  # type: ignore[attr-defined]
+        raise
     # one deadline for the whole stream: a slow-dripping agent cannot hold a connection forever
     deadline = asyncio.get_running_loop().time() + deps.settings.stream_time_limit
     try:
         async with asyncio.timeout_at(deadline):
             first = await anext(source, None)
-    except (AgentError, TimeoutError) as exc:
+    except BaseException as exc:
         await source.aclose()  # type: ignore[attr-defined]
+        await metered.after(owner_id, ref, agent.name, None)
         if isinstance(exc, TimeoutError):
             raise GatewayTimeout("The agent did not start answering within STREAM_TIME_LIMIT.") from None
-        raise to_app_error(exc) from None
+        if isinstance(exc, AgentError):
+            raise to_app_error(exc) from None
+        raise
+
+    async def settle(meta: dict[str, Any] | None) -> None:
+        await metered.after(owner_id, ref, agent.name, meta)
+
     return _events(agent.name, source, first, deadline=deadline,
-                   remember=lambda text: _remember(deps, agent, req, owner_id, text))
+                   remember=lambda text: _remember(deps, agent, req, owner_id, text), settle=settle)
 
 
 async def _events(
     agent_name: str, source: AsyncIterator[Any], first: Any, *, deadline: float,
-    remember: Callable[[str], Awaitable[None]],
+    remember: Callable[[str], Awaitable[None]], settle: Callable[[dict[str, Any] | None], Awaitable[None]],
+) -> AsyncIterator[StreamEvent]:
+    meta: dict[str, Any] = {"agent_id": agent_name}
+    ended: list[dict[str, Any] | None] = [None]  # the metadata once the stream completed
+    try:
+        async for event in _relay(agent_name, source, first, deadline=deadline, remember=remember, meta=meta):
+            if isinstance(event, StreamDone):
+                ended[0] = meta
+            yield event
+    finally:  # also a client gone mid-stream: its hold goes (the tokens of an unfinished answer are unknown)
+        await settle(ended[0])
+
+
+async def _relay(
+    agent_name: str, source: AsyncIterator[Any], first: Any, *, deadline: float,
+    remember: Callable[[str], Awaitable[None]], meta: dict[str, Any],
 ) -> AsyncIterator[StreamEvent]:
     index = 0
     parts: list[str] = []
-    meta: dict[str, Any] = {"agent_id": agent_name}
     async with aclosing(source):  # type: ignore[type-var]
         item = first
         try:

@@ -34,7 +34,8 @@ log = get_logger(__name__)
 def user_out(deps: Deps, user: UserRecord) -> UserOut:
     return UserOut(id=user.id, email=user.email, name=user.name, roles=list(user.roles),
                    tier=user.tier or deps.settings.default_tier, is_active=user.is_active,
-                   created_at=user.created_at, updated_at=user.updated_at)
+                   created_at=user.created_at, updated_at=user.updated_at,
+                   monthly_token_budget=user.monthly_token_budget)
 
 
 async def create_user(deps: Deps, body: UserCreate) -> UserOut:
@@ -88,6 +89,8 @@ async def update_user(deps: Deps, user_id: str, body: UserUpdate) -> UserOut:
     await repo.update_user(
         deps.db, user_id, now=now, roles=tuple(dict.fromkeys(body.roles)) if body.roles else None,
         is_active=body.is_active, tier=body.tier, name=body.name,
+        monthly_token_budget=body.monthly_token_budget if (body.monthly_token_budget or 0) >= 0 else None,
+        clear_budget=body.monthly_token_budget == -1,
     )
     await rows.invalidate_user(deps, user_id)  # every web process reads the new row from now on
     if body.is_active is False:

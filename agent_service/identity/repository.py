@@ -25,6 +25,7 @@ class UserRecord(msgspec.Struct, kw_only=True):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    monthly_token_budget: int | None = None  # None: the tier's (usage/), 0: no budget
 
 
 def email_key(email: str) -> str:
@@ -78,8 +79,12 @@ async def list_users(db: Database, *, limit: int, cursor: str | None) -> tuple[l
 
 
 async def update_user(db: Database, user_id: str, *, now: datetime, roles: tuple[str, ...] | None = None,
-                 is_active: bool | None = None, tier: str | None = None, name: str | None = None) -> None:
+                 is_active: bool | None = None, tier: str | None = None, name: str | None = None,
+                 monthly_token_budget: int | None = None, clear_budget: bool = False) -> None:
     sets, params = ["updated_at = ?"], [iso(now)]
+    if clear_budget or monthly_token_budget is not None:  # -1 (the API's "the tier's") is stored as NULL
+        sets.append("monthly_token_budget = ?")
+        params.append(None if clear_budget else monthly_token_budget)  # type: ignore[arg-type]
     for column, value in (("roles", None if roles is None else ",".join(roles)),
                           ("is_active", None if is_active is None else int(is_active)),
                           ("tier", tier), ("name", name)):

@@ -64,6 +64,9 @@ class UserUpdate(Body):
     roles: Annotated[list[Role], msgspec.Meta(min_length=1, max_length=2)] | None = None
     is_active: bool | None = None
     tier: Tier | None = None
+    monthly_token_budget: Annotated[int, msgspec.Meta(ge=-1, description=(
+        "Tokens this user may use per calendar month (UTC); 0: no budget; -1: back to the tier's "
+        "(BUDGET_TOKENS_<TIER>)."))] | None = None
 
 
 class UserOut(msgspec.Struct, kw_only=True):
@@ -75,6 +78,7 @@ class UserOut(msgspec.Struct, kw_only=True):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    monthly_token_budget: int | None = None  # the user's own (None: the tier's)
 
 
 class UserPage(msgspec.Struct, kw_only=True):

@@ -52,6 +52,15 @@ def user_tier(deps: Deps, user: UserRecord) -> str:
     return user.tier or deps.settings.default_tier
 
 
+async def token_budget(deps: Deps, user_id: str) -> tuple[str, int | None]:
+    """The user's tier and own monthly token budget (None: the tier's), from the cached row; an
+    external (OIDC) user has no row: the default tier's."""
+    user = await rows.get_user(deps, user_id)
+    if user is None:
+        return deps.settings.default_tier, None
+    return user_tier(deps, user), user.monthly_token_budget
+
+
 def lower_tier(a: str, b: str) -> str:
     return a if TIERS.index(a) <= TIERS.index(b) else b
 

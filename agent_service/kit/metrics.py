@@ -136,6 +136,13 @@ class JobMetrics:
         """A webhook delivery attempt (`attempted`) and how it went (`succeeded`, `failed`), by event type."""
         await self._apply({f"webhook_deliveries_{what}|{event}": 1}, [])
 
+    async def usage(self, model: str, input_tokens: int, output_tokens: int, cost: float | None) -> None:
+        """An agent run's tokens and cost (USD, counted in micro-dollars: the counters are integers), by model."""
+        counters = {f"usage_input_tokens|{model}": input_tokens, f"usage_output_tokens|{model}": output_tokens}
+        if cost is not None:
+            counters[f"usage_cost_microusd|{model}"] = round(cost * 1_000_000)
+        await self._apply(counters, [])
+
     async def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(self.counters_key)

@@ -107,6 +107,10 @@ class _Snapshot(Collector):
                                          labels=["kind"])
         webhooks = {what: CounterMetricFamily(f"agent_webhook_deliveries_{what}", f"Webhook delivery attempts {what},"
                                               " by event type", labels=["event"]) for what in WEBHOOK_EVENTS}
+        tokens = CounterMetricFamily("agent_usage_tokens", "Tokens agent runs reported, by direction and model",
+                                     labels=["direction", "model"])
+        cost = CounterMetricFamily("agent_usage_cost_usd", "Cost of agent runs by MODEL_PRICES (USD), by model",
+                                   labels=["model"])
         for key, value in sorted(self._d.counters.items()):
             metric, label, _ = parse_field(key)
             what = metric.removeprefix("jobs_")
@@ -116,9 +120,15 @@ class _Snapshot(Collector):
                 rejections.add_metric([label], value)
             elif metric.removeprefix("webhook_deliveries_") in webhooks:
                 webhooks[metric.removeprefix("webhook_deliveries_")].add_metric([label], value)
+            elif metric in ("usage_input_tokens", "usage_output_tokens"):
+                tokens.add_metric([metric.split("_")[1], label], value)
+            elif metric == "usage_cost_microusd":
+                cost.add_metric([label], value / 1_000_000)
         yield from families.values()
         yield rejections
         yield from webhooks.values()
+        yield tokens
+        yield cost
 
     def _histograms(self) -> Iterator[Metric]:
         per: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)

@@ -44,6 +44,7 @@ async def invoke_batch(request: Request) -> Response:
     accepted, replayed = await batches.submit_batch(
         deps, agent_id, body, owner_id=caller.user_id, request_id=context.request_id(request),
         idempotency_key=_idempotency_key(request), tier=caller.tier, is_admin=caller.is_admin, charge=charge,
+        api_key_id=getattr(caller, "api_key_id", None),
     )
     context.audit(request, "EXECUTE", "agent", agent_id, mode="batch", batch_id=accepted.batch_id,
                   size=len(accepted.task_ids), replayed=replayed)

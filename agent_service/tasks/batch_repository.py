@@ -85,6 +85,11 @@ async def counts(db: Database, batch_id: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+async def last_finished_at(db: Database, batch_id: str) -> datetime | None:
+    row = await db.fetchone("SELECT MAX(completed_at) FROM tasks WHERE batch_id = ?", (batch_id,))
+    return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+
 async def counts_many(db: Database, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
     if not batch_ids:
         return {}
@@ -109,13 +114,24 @@ async def running_ids(db: Database, batch_id: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def revoked_unstarted(db: Database, task_ids: Sequence[str]) -> list[str]:
+    """Which of these tasks were cancelled before they ever started."""
+    found: list[str] = []
+    for i in range(0, len(task_ids), 500):
+        part = task_ids[i:i + 500]
+        rows = await db.fetchall(f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(part))})"  # noqa: S608
+                                 " AND state = 'REVOKED' AND started_at IS NULL", tuple(part))
+        found += [r[0] for r in rows]
+    return found
+
+
 async def mark_cancelled(db: Database, batch_id: str, *, now: datetime) -> None:
     """The first cancel's time is kept (a repeated cancel changes nothing)."""
     await db.execute("UPDATE batches SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL", (iso(now), batch_id))
 
 
-async def mark_completed(db: Database, batch_id: str, *, now: datetime) -> None:
-    await db.execute("UPDATE batches SET completed_at = ? WHERE id = ? AND completed_at IS NULL", (iso(now), batch_id))
+async def mark_completed(db: Database, batch_id: str, *, at: datetime) -> None:
+    await db.execute("UPDATE batches SET completed_at = ? WHERE id = ? AND completed_at IS NULL", (iso(at), batch_id))
 
 
 async def list_page(db: Database, *, owner_id: str | None, limit: int,

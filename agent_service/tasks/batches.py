@@ -40,6 +40,7 @@ from agent_service.tasks.batch_schemas import (
     BatchStatus,
 )
 from agent_service.tasks.schemas import FINISHED_STATES
+from agent_service.usage import service as usage
 
 log = get_logger(__name__)
 BATCH_EVENTS = ["batch.completed"]
@@ -63,7 +64,7 @@ def _under(exc: AppError, index: int) -> AppError:
 async def submit_batch(
     deps: Deps, agent_id: str, body: BatchRequest, *, owner_id: str, request_id: str | None,
     idempotency_key: str | None, tier: str | None, is_admin: bool,
-    charge: Callable[[int], Awaitable[None]] | None = None,
+    charge: Callable[[int], Awaitable[None]] | None = None, api_key_id: str | None = None,
 ) -> tuple[BatchAccepted, bool]:
     """Queue every item or none; (answer, replayed). `charge(n)` is called once every item has
     passed and before anything is written: the caller's limits take the batch's size there."""
@@ -85,7 +86,8 @@ async def submit_batch(
         await charge(len(body.items))
 
     async def go() -> BatchAccepted:
-        return await _queue(deps, agent.name, body, runs_at, owner_id=owner_id, request_id=request_id, tier=job_tier)
+        return await _queue(deps, agent.name, body, runs_at, owner_id=owner_id, request_id=request_id, tier=job_tier,
+                            api_key_id=api_key_id)
 
     if idempotency_key is None:
         return await go(), False
@@ -108,12 +110,16 @@ async def submit_batch(
 
 
 async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[datetime | None], *, owner_id: str,
-                 request_id: str | None, tier: str) -> BatchAccepted:
+                 request_id: str | None, tier: str, api_key_id: str | None) -> BatchAccepted:
     agent = resolve_agent(deps, agent_name)
     subs = []
     for item, run_at in zip(body.items, runs_at, strict=True):
-        sub, _ = submit.build(deps, agent, item, run_at, owner_id=owner_id, request_id=request_id, tier=tier)
+        sub, _ = submit.build(deps, agent, item, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
+                              api_key_id=api_key_id)
         subs.append(sub)
+    ids = [s.task_id for s in subs]
+    latest = max((r for r in runs_at if r is not None), default=None)
+    held = await usage.reserve(deps, owner_id, ids, run_at=latest)  # the whole batch fits, or 429 and nothing queued
     hook = None
     if body.webhook is not None:
         hook = StoredTaskWebhook(url=body.webhook.url, events=BATCH_EVENTS,
@@ -121,7 +127,12 @@ async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[
     batch = BatchRecord(id=f"batch_{uuid.uuid4().hex}", owner_id=owner_id, agent_id=agent.name, size=len(subs),
                         webhook=msgspec.json.encode(hook).decode() if hook else None, request_id=request_id,
                         created_at=deps.clock(), cancelled_at=None, completed_at=None)
-    await batch_lifecycle.submit_batch(deps, batch, subs)
+    try:
+        await batch_lifecycle.submit_batch(deps, batch, subs)
+    except BaseException:
+        if held:
+            await usage.release(deps, owner_id, ids)
+        raise
     log.info("batch.queued", batch_id=batch.id, agent=agent.name, size=batch.size)
     return BatchAccepted(batch_id=batch.id, task_ids=[s.task_id for s in subs], status_url=status_url(deps, batch.id),
                          webhook_secret=hook.secret if hook else None)
@@ -156,23 +167,36 @@ async def _running_progress(deps: Deps, batch_id: str, counts: dict[str, int]) -
     return sum(live.values())
 
 
+async def _finished(deps: Deps, rec: BatchRecord, counts: dict[str, int]) -> BatchRecord:
+    """The record with its completion time once every task has finished (its last task's end:
+    the same whether or not the webhooks domain has seen it yet)."""
+    if rec.completed_at is not None or sum(counts.get(s, 0) for s in FINISHED_STATES) < rec.size:
+        return rec
+    at = await store.last_finished_at(deps.db, rec.id)
+    return msgspec.structs.replace(rec, completed_at=at)
+
+
 async def get_status(deps: Deps, batch_id: str, *, owner_id: str, is_admin: bool) -> BatchStatus:
     rec = await _own(deps, batch_id, owner_id=owner_id, is_admin=is_admin)
     counts = await store.counts(deps.db, rec.id)
-    return view(rec, counts, await _running_progress(deps, rec.id, counts))
+    return view(await _finished(deps, rec, counts), counts, await _running_progress(deps, rec.id, counts))
 
 
 async def list_batches(deps: Deps, q: BatchQuery, *, owner_id: str) -> BatchPage:
     page, nxt = await store.list_page(deps.db, owner_id=owner_id, limit=q.limit, cursor=q.cursor)
     counts = await store.counts_many(deps.db, [r.id for r in page])
-    return BatchPage(items=[view(r, counts[r.id]) for r in page], next_cursor=nxt)
+    return BatchPage(items=[view(await _finished(deps, r, counts[r.id]), counts[r.id]) for r in page], next_cursor=nxt)
 
 
 async def cancel(deps: Deps, batch_id: str, *, owner_id: str, is_admin: bool) -> BatchStatus:
     """Every unfinished task is asked to stop (queued ones are cancelled at once); a finished or
     already cancelled batch is left as it is. Idempotent."""
     rec = await _own(deps, batch_id, owner_id=owner_id, is_admin=is_admin)
-    await batch_lifecycle.cancel_batch(deps, rec.id, await store.unfinished_ids(deps.db, rec.id))
+    unfinished = await store.unfinished_ids(deps.db, rec.id)
+    await batch_lifecycle.cancel_batch(deps, rec.id, unfinished)
+    # the tasks cancelled while queued never run: their budget holds go now (a running one's
+    # goes when its run ends)
+    await usage.release(deps, rec.owner_id, await store.revoked_unstarted(deps.db, unfinished))
     log.info("batch.cancelled", batch_id=rec.id)
     return await get_status(deps, rec.id, owner_id=owner_id, is_admin=is_admin)
 
@@ -188,8 +212,8 @@ async def batch_completion(deps: Deps, batch_id: str) -> tuple[BatchStatus, str,
     if sum(counts.get(s, 0) for s in FINISHED_STATES) < rec.size:
         return None
     if rec.completed_at is None:
-        await store.mark_completed(deps.db, batch_id, now=deps.clock())
-        rec = await store.get(deps.db, batch_id) or rec
+        rec = await _finished(deps, rec, counts)
+        await store.mark_completed(deps.db, batch_id, at=rec.completed_at or deps.clock())
     hook = msgspec.json.decode(rec.webhook, type=StoredTaskWebhook) if rec.webhook else None
     return view(rec, counts), rec.owner_id, hook
 

@@ -79,6 +79,7 @@ async def invoke_async(request: Request) -> Response:
     accepted, replayed = await service.enqueue(
         deps, agent_id, body, owner_id=caller.user_id, request_id=context.request_id(request),
         idempotency_key=_idempotency_key(request), tier=caller.tier, is_admin=caller.is_admin,
+        api_key_id=getattr(caller, "api_key_id", None),
     )
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
     headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}

@@ -37,6 +37,7 @@ from agent_service.tasks.lifecycle import ANSWERED, CALLED, LOADED, Run
 from agent_service.tasks.live import RunClaim
 from agent_service.tasks.policy import RetryLater, backoff_delay
 from agent_service.tasks.schemas import AgentJob, JobResult
+from agent_service.usage import service as usage
 
 log = get_logger("agent_service.tasks")
 
@@ -219,6 +220,7 @@ async def _run_job(deps: Deps, job: AgentJob, run: Run, *, job_id: str, claim: R
         await SessionService.from_deps(deps).record_exchange(job.owner_id, job.session_id, job.agent_id,
                                                              job.message, result.content)
     await run.succeed(result, then=end)
+    await usage.settle_task(deps, job, result.metadata)  # its usage recorded, its budget hold settled
     await observe(deps, job, "succeeded", started)
     log.info("job.succeeded", duration=round(time.monotonic() - started, 4), incomplete=result.incomplete, **fields)
 
@@ -278,6 +280,7 @@ async def _partial(deps: Deps, job: AgentJob) -> JobResult | None:
 async def _finish_cancelled(deps: Deps, job: AgentJob, run: Run, partial: JobResult | None, fields: dict[str, Any],
                             started: float) -> None:
     await run.revoke(partial)
+    await usage.release(deps, job.owner_id, [job.task_id])
     await observe(deps, job, "cancelled", started)
     log.info("job.cancelled", kept_chars=len(partial.content) if partial else 0,
              duration=round(time.monotonic() - started, 4), **fields)
@@ -286,6 +289,7 @@ async def _finish_cancelled(deps: Deps, job: AgentJob, run: Run, partial: JobRes
 async def _fail(deps: Deps, job: AgentJob, run: Run, reason: str, fields: dict[str, Any], started: float,
                 *, code: str | None = None) -> NoReturn:
     await run.fail(reason, code=code)
+    await usage.release(deps, job.owner_id, [job.task_id])
     await observe(deps, job, "failed", started)
     log.warning("job.failed", error=reason, duration=round(time.monotonic() - started, 4), **fields)
     raise JobFailed(reason)

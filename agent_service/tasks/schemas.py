@@ -134,6 +134,7 @@ class AgentJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     # W3C traceparent of the enqueue span (kit/tracing.py): the run joins the request's trace
     # (None: tracing off, or queued before it was carried)
     traceparent: str | None = None
+    api_key_id: str | None = None  # the key that submitted it (usage is reported per key)
 
 
 # --- live events (GET /agents/tasks/{id}/events and the dashboard) ---------------------------

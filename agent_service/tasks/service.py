@@ -26,6 +26,7 @@ from agent_service.tasks.schemas import (
 )
 from agent_service.tasks.submit import enqueue as enqueue  # submission is part of this domain's face
 from agent_service.tasks.submit import status_url as status_url
+from agent_service.usage import service as usage
 
 log = get_logger(__name__)
 LIVE_STATES = ("STARTED", "RETRY", "FAILURE", "REVOKED")  # states whose progress comes from Redis
@@ -74,7 +75,10 @@ async def cancel(deps: Deps, task_id: str, *, owner_id: str, is_admin: bool) -> 
     if record.state in FINISHED_STATES:
         raise Conflict(f"Task {task_id!r} has already finished ({record.state}).", code="task_finished")
     await lifecycle.request_cancel(deps, record)
-    return await get_status(deps, task_id, owner_id=owner_id, is_admin=is_admin)
+    status = await get_status(deps, task_id, owner_id=owner_id, is_admin=is_admin)
+    if status.state == "REVOKED" and status.started_at is None:  # it never runs: its budget hold goes now
+        await usage.release(deps, record.owner_id, [record.id])
+    return status
 
 
 async def list_tasks(deps: Deps, q: TaskQuery, *, owner_id: str, is_admin: bool) -> TaskPage:

@@ -29,6 +29,7 @@ from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
 from agent_service.tasks import lifecycle, policy, queue
 from agent_service.tasks.schemas import AgentJob, TaskAccepted
+from agent_service.usage import service as usage
 
 log = get_logger(__name__)
 DEFAULT_WEBHOOK_EVENTS = ("task.succeeded", "task.failed", "task.cancelled")
@@ -62,6 +63,7 @@ def _when(deps: Deps, req: InvokeAsyncRequest) -> datetime | None:
 async def enqueue(
     deps: Deps, agent_id: str, req: InvokeAsyncRequest, *, owner_id: str, request_id: str | None,
     idempotency_key: str | None = None, tier: str | None = None, is_admin: bool = False,
+    api_key_id: str | None = None,
 ) -> tuple[TaskAccepted, bool]:
     """Queue the invocation; returns (answer, replayed) — replayed for a repeated Idempotency-Key.
     `tier` (the caller's; the default tier when None) sets the owner's cap on running jobs."""
@@ -69,14 +71,16 @@ async def enqueue(
     agent = resolve_agent(deps, agent_id)  # a doomed job is never queued
     run_at = await check(deps, agent, req, owner_id=owner_id)
     if idempotency_key is None:
-        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier), False
+        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
+                              api_key_id=api_key_id), False
     store = IdempotencyStore(deps.redis, prefix=deps.prefix)
     fp = fingerprint(agent.name, msgspec.json.encode(req))
     stored = await store.begin(owner_id, idempotency_key, fp)
     if stored is not None:
         return msgspec.convert(stored.body, TaskAccepted), True
     try:
-        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier)
+        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
+                                  api_key_id=api_key_id)
     except BaseException:  # nothing queued (error or cancel): free the key for the client's retry
         with contextlib.suppress(AppError):
             await store.abandon(owner_id, idempotency_key)
@@ -107,17 +111,24 @@ async def check(deps: Deps, agent: Agent, req: InvokeAsyncRequest, *, owner_id: 
 @tracing.traced("enqueue agent job", kind="producer")
 async def _enqueue(
     deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
-    request_id: str | None, tier: str,
+    request_id: str | None, tier: str, api_key_id: str | None = None,
 ) -> TaskAccepted:
-    sub, accepted = build(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier)
-    await lifecycle.submit(deps, sub)
+    sub, accepted = build(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
+                          api_key_id=api_key_id)
+    held = await usage.reserve(deps, owner_id, [sub.task_id], run_at=run_at)  # 429 before anything is queued
+    try:
+        await lifecycle.submit(deps, sub)
+    except BaseException:
+        if held:
+            await usage.release(deps, owner_id, [sub.task_id])
+        raise
     log.info("task.queued", task_id=sub.task_id, agent=agent.name, kind=sub.kind)
     return accepted
 
 
 def build(
     deps: Deps, agent: Agent, req: InvokeAsyncRequest, run_at: datetime | None, *, owner_id: str,
-    request_id: str | None, tier: str,
+    request_id: str | None, tier: str, api_key_id: str | None = None,
 ) -> tuple[lifecycle.Submission, TaskAccepted]:
     """The task of a checked request (its record and job, not written yet) and the answer to give."""
     task_id = uuid.uuid4().hex
@@ -126,7 +137,7 @@ def build(
     payload = AgentJob(
         task_id=task_id, agent_id=agent.name, message=req.message, session_id=req.session_id,
         metadata=dict(req.metadata or {}), owner_id=owner_id, request_id=request_id, stream=req.stream,
-        tier=tier, traceparent=tracing.traceparent(),
+        tier=tier, traceparent=tracing.traceparent(), api_key_id=api_key_id,
     )
     job = msgspec.to_builtins(payload)
     if not serializer.storable(job):

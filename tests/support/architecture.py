@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 BASE = {"config", "errors", "logging", "clock"}
-DOMAINS = ["identity", "audit", "sessions", "agents", "tasks", "webhooks", "protocols", "ops"]
+DOMAINS = ["identity", "audit", "sessions", "agents", "usage", "tasks", "webhooks", "protocols", "ops"]
 # what a domain may take from a domain before it
 PUBLIC_ROLES = {"service", "schemas"}
 ENTRY_POINTS = {"app", "worker", "__main__", "cli"}

@@ -1,0 +1,1 @@
+"""Usage: what each agent run used (tokens, model, cost), reports of it, and monthly token budgets."""
