@@ -13,7 +13,7 @@ from agent_service.agents.schemas import InvokeAsyncRequest
 from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable
 from agent_service.kit.deps import Deps
-from agent_service.tasks import batches
+from agent_service.tasks import batch_lifecycle, batches
 from agent_service.tasks.batch_schemas import BatchRequest
 from agent_service.tasks.queue import JobQueue
 from agent_service.webhooks import dispatch
@@ -173,12 +173,17 @@ async def test_an_idempotency_key_replays_the_batch(api: Client) -> None:
 async def test_a_batch_counts_its_items_against_the_rate_limit(make_settings: Callable[..., Settings]) -> None:
     async with app_client(make_settings(rate_limit_free=30)) as api:
         items = [{"message": f"m{i}", "delay_seconds": 600} for i in range(20)]
-        assert (await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items})).status_code == 202
-        resp = await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items})
-        assert resp.status_code == 429 and int(resp.headers["retry-after"]) > 0  # 20 + 20 > 30 a minute
         too_big = await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items + items})
-        assert too_big.status_code == 429 and too_big.json()["code"] == "over_rate_limit"
-        assert await task_rows(api) == 20
+        assert too_big.status_code == 429 and too_big.json()["code"] == "over_rate_limit"  # never fits in 30
+        key = {"Idempotency-Key": "twenty"}
+        first = await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items}, headers=key)
+        assert first.status_code == 202
+        replay = await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items}, headers=key)
+        assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"  # one request, not 20
+        resp = await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items})
+        assert resp.status_code == 429 and int(resp.headers["retry-after"]) > 0  # 1 + 20 + 1 + 20 > 30 a minute
+        assert (await api.post("/api/v1/agents/echo/invoke-batch", json={"items": items[:6]})).status_code == 202
+        assert await task_rows(api) == 26
 
 
 async def test_over_batch_max_items_is_refused(make_settings: Callable[..., Settings]) -> None:
@@ -201,8 +206,9 @@ class RefusingQueue(JobQueue):
         return await super().enqueue(*args, **kwargs)
 
 
-async def test_a_queue_failing_midway_leaves_no_batch(api: Client, hook_settings: Settings,
-                                                      start_worker: Start) -> None:
+async def test_a_queue_failing_midway_leaves_no_batch(api: Client, hook_settings: Settings, start_worker: Start,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_lifecycle, "ROUND", 5)  # two rounds are sent before the queue refuses
     deps = deps_of(api)
     owner = (await api.get("/api/v1/auth/me")).json()["user_id"]
     half = Deps(settings=deps.settings, db=deps.db, redis=deps.redis, http=deps.http, clock=deps.clock)

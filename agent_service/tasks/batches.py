@@ -67,7 +67,8 @@ async def submit_batch(
     charge: Callable[[int], Awaitable[None]] | None = None, api_key_id: str | None = None,
 ) -> tuple[BatchAccepted, bool]:
     """Queue every item or none; (answer, replayed). `charge(n)` is called once every item has
-    passed and before anything is written: the caller's limits take the batch's size there."""
+    passed and before anything is written (a replayed answer is not charged again): the caller's
+    limits take the batch's size there."""
     cap = deps.settings.batch_max_items
     if len(body.items) > cap:
         raise ValidationFailed(f"A batch holds at most {cap} items (BATCH_MAX_ITEMS); split it.",
@@ -82,10 +83,10 @@ async def submit_batch(
             raise _under(exc, i) from None
     if body.webhook is not None:
         await ssrf.validate(deps, body.webhook.url, path="$.webhook.url")
-    if charge is not None:
-        await charge(len(body.items))
 
     async def go() -> BatchAccepted:
+        if charge is not None:  # after the checks, before anything is written; not for a replay
+            await charge(len(body.items))
         return await _queue(deps, agent.name, body, runs_at, owner_id=owner_id, request_id=request_id, tier=job_tier,
                             api_key_id=api_key_id)
 
