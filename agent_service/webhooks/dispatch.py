@@ -25,7 +25,7 @@ from agent_service.logging import get_logger
 from agent_service.tasks import service as tasks
 from agent_service.webhooks import delivery, signing
 from agent_service.webhooks import repository as store
-from agent_service.webhooks.repository import DeliveryRecord
+from agent_service.webhooks.repository import DeliveryRecord, SubscriptionRecord
 from agent_service.webhooks.schemas import BATCH_COMPLETED, AttemptRecord, DispatchPass, OutboxRow, Outcome
 from agent_service.webhooks.service import message, new_delivery
 
@@ -36,13 +36,16 @@ PASS_BUDGET = 30.0  # s: a pass stops taking new work after this (the next one g
 JITTER = 0.1
 
 
-async def _deliveries_for(deps: Deps, row: OutboxRow) -> list[DeliveryRecord] | None:
+async def _deliveries_for(deps: Deps, row: OutboxRow, owners: dict[str, list[SubscriptionRecord]]
+                          ) -> list[DeliveryRecord] | None:
     """The deliveries of one task event; None to leave the row for a later pass (Redis is down,
-    so the task's result cannot be read into the message yet)."""
+    so the task's result cannot be read into the message yet). `owners`: the pass's cache of
+    each owner's subscriptions, so a drain of one user's tasks reads them once."""
     if row.owner_id is None:
         return []
-    subs = [s for s in await store.subscriptions_for(deps.db, owner_id=row.owner_id, task_id=row.task_id)
-            if row.event in s.events]
+    if row.owner_id not in owners:
+        owners[row.owner_id] = await store.subscriptions_for(deps.db, owner_id=row.owner_id, task_id=None)
+    subs = [s for s in owners[row.owner_id] if row.event in s.events and s.task_id in (None, row.task_id)]
     try:
         record = await tasks.get_record(deps, row.task_id, owner_id=None, is_admin=True)
     except NotFound:
@@ -91,12 +94,18 @@ async def _batch_completed(deps: Deps, owner_id: str, batch_id: str) -> list[Del
 async def expand_outbox(deps: Deps) -> int:
     """Task events → deliveries; how many events were taken."""
     taken = 0
+    owners: dict[str, list[SubscriptionRecord]] = {}
+    nothing: list[int] = []  # rows that make no delivery: deleted together
     for row in await store.outbox_batch(deps.db, limit=OUTBOX_BATCH):
-        made = await _deliveries_for(deps, row)
+        made = await _deliveries_for(deps, row, owners)
         if made is None:
             break  # in order: a later event of the same task must not overtake this one
-        if await store.take_outbox(deps.db, row.id, made):
+        if not made:
+            nothing.append(row.id)
             taken += 1
+        elif await store.take_outbox(deps.db, row.id, made):
+            taken += 1
+    await store.drop_outbox(deps.db, nothing)
     return taken
 
 

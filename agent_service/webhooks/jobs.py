@@ -54,6 +54,9 @@ async def deliver_webhooks(ctx: dict[str, Any]) -> None:
     await _pass(ctx["deps"])
 
 
+GATHER_SECONDS = 0.2
+
+
 def functions(settings: Settings) -> list[Function]:
     return [func(deliver_webhooks, name=function_name(settings), keep_result=0, max_tries=1,
                  timeout=dispatch.PASS_BUDGET + settings.webhook_timeout + 30)]
@@ -66,6 +69,8 @@ async def run_dispatcher(deps: Deps) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deps.settings.webhook_poll_seconds):
                 await wake.wait()
+        # a drain finishes tasks by the hundred a second: let a moment's events gather into one pass
+        await asyncio.sleep(GATHER_SECONDS)
         wake.clear()
         try:
             await _pass(deps)

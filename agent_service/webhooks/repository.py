@@ -104,11 +104,15 @@ async def list_subscriptions(db: Database, *, owner_id: str, limit: int,
     return [_sub(r) for r in page], nxt
 
 
-async def subscriptions_for(db: Database, *, owner_id: str, task_id: str) -> list[SubscriptionRecord]:
-    """The owner's enabled subscriptions that may hear about this task (its own and the general ones)."""
-    rows = await db.fetchall(
-        "SELECT * FROM webhook_subscriptions WHERE owner_id = ? AND enabled = 1 AND (task_id IS NULL OR task_id = ?)",
-        (owner_id, task_id))
+async def subscriptions_for(db: Database, *, owner_id: str, task_id: str | None) -> list[SubscriptionRecord]:
+    """The owner's enabled subscriptions that may hear about this task (its own and the general
+    ones); with `task_id` None, all of them (the caller filters by task)."""
+    if task_id is None:
+        rows = await db.fetchall("SELECT * FROM webhook_subscriptions WHERE owner_id = ? AND enabled = 1",
+                                 (owner_id,))
+    else:
+        rows = await db.fetchall("SELECT * FROM webhook_subscriptions WHERE owner_id = ? AND enabled = 1 "
+                                 "AND (task_id IS NULL OR task_id = ?)", (owner_id, task_id))
     return [_sub(r) for r in rows]
 
 
@@ -172,6 +176,13 @@ async def add_deliveries(db: Database, deliveries: list[DeliveryRecord]) -> None
 async def outbox_batch(db: Database, *, limit: int) -> list[OutboxRow]:
     rows = await db.fetchall("SELECT * FROM task_events_outbox ORDER BY id LIMIT ?", (limit,))
     return [msgspec.convert(dict(r), OutboxRow) for r in rows]
+
+
+async def drop_outbox(db: Database, outbox_ids: list[int]) -> None:
+    """Events that make no delivery (most tasks have no webhook and no subscription), in one go."""
+    if outbox_ids:
+        marks = ", ".join("?" * len(outbox_ids))
+        await db.execute(f"DELETE FROM task_events_outbox WHERE id IN ({marks})", outbox_ids)
 
 
 async def take_outbox(db: Database, outbox_id: int, deliveries: list[DeliveryRecord]) -> bool:
