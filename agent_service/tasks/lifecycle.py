@@ -153,7 +153,8 @@ async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException
         await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id, defer_until=sub.defer_until,
                                   defer_by=sub.defer_by, into=rnd)
         _noted(deps, pending)
-        live(deps).append_into(rnd, sub.task_id, [(pending, 0)])
+        # no progress written: a PENDING task's is 0 whatever the hash says (progress_of)
+        live(deps).append_into(rnd, sub.task_id, [(pending, None)])
     try:
         await rnd.send()
         return [None] * len(subs)
@@ -166,7 +167,7 @@ async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException
             if await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id,
                                          defer_until=sub.defer_until, defer_by=sub.defer_by):
                 with contextlib.suppress(AppError):
-                    await _publish(deps, sub.task_id, pending, progress=0)
+                    await _publish(deps, sub.task_id, pending)
             outcomes.append(None)
         except ServiceUnavailable as exc:
             await task_store.delete(deps.db, sub.task_id)
