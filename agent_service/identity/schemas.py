@@ -64,7 +64,7 @@ class UserUpdate(Body):
     roles: Annotated[list[Role], msgspec.Meta(min_length=1, max_length=2)] | None = None
     is_active: bool | None = None
     tier: Tier | None = None
-    monthly_token_budget: Annotated[int, msgspec.Meta(ge=-1, description=(
+    monthly_token_budget: Annotated[int, msgspec.Meta(ge=-1, le=10**15, description=(
         "Tokens this user may use per calendar month (UTC); 0: no budget; -1: back to the tier's "
         "(BUDGET_TOKENS_<TIER>)."))] | None = None
 

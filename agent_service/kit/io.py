@@ -71,14 +71,18 @@ def read_query(request: Request, typ: type[T]) -> T:
     # and would take `?until=0.5` for a Unix time: a time here is RFC 3339, as documented
     odd += [{"path": f"query.{k}", "message": "Expected an RFC 3339 date-time"}
             for k in _datetime_fields(typ) if isinstance(params.get(k), str) and not _RFC3339.match(params[k])]
-    if odd:
-        raise ValidationFailed("The query parameters are invalid.", errors=odd)
-    try:
-        return msgspec.convert(params, typ, strict=False)
-    except msgspec.ValidationError:
-        errors = [{"path": "query" + e["path"][1:], "message": e["message"]}
-                  for e in _lenient_errors(params, typ)]
-        raise ValidationFailed("The query parameters are invalid.", errors=errors) from None
+    if not odd:
+        try:
+            return msgspec.convert(params, typ, strict=False)
+        except msgspec.ValidationError:
+            pass
+    named = {e["path"] for e in odd}
+    rest = {k: v for k, v in params.items() if f"query.{k}" not in named}
+    lenient = [] if not rest else [{"path": "query" + e["path"][1:], "message": e["message"]}
+                                   for e in _lenient_errors(rest, typ)]
+    # every bad parameter named at once (the odd ones first)
+    errors = odd + [e for e in lenient if e["path"] != "query" or not odd]
+    raise ValidationFailed("The query parameters are invalid.", errors=errors)
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
