@@ -13,7 +13,7 @@ from agent_service.config import Settings
 from agent_service.errors import ServiceUnavailable
 from agent_service.kit.coalesce import Coalescer
 from agent_service.kit.deps import Deps, open_deps
-from agent_service.tasks import lifecycle
+from agent_service.tasks import lifecycle, lifecycle_submit
 from agent_service.tasks import repository as task_store
 from agent_service.tasks.lifecycle import Submission
 from agent_service.tasks.schemas import StateEvent
@@ -86,7 +86,7 @@ async def test_concurrent_submissions_share_statements_and_each_task_is_queued_w
     await asyncio.gather(*(lifecycle.submit(deps, Submission(
         task_id=task_id, kind="invoke", function="nobody_runs_this", payload={"task_id": task_id}, agent_id="echo",
         owner_id="u1", request_id=None)) for task_id in ids))
-    intake = deps.part(lifecycle._intake)
+    intake = deps.part(lifecycle_submit._intake)
     assert intake.items == 30 and intake.batches < 30  # written together, not one by one
     for task_id in ids:
         record = await task_store.get(deps.db, task_id)

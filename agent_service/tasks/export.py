@@ -1,7 +1,7 @@
 """Export of tasks with their results (GET /agents/tasks/export) as JSON lines or CSV, in constant
 memory however many there are.
 
-Rows come from SQL a page at a time (repository `export_pages`, keyset-paginated), each page's
+Rows come from SQL a page at a time (tasks/export_repository.py, keyset-paginated), each page's
 kept results from Redis in one MGET, and each page leaves as one chunk of the answer before the
 next is read: the web process holds one page, and a slow reader slows the reads (the server's send
 waits for the socket) instead of filling memory. Redis keeps a result for JOB_RESULT_TTL: an older
@@ -27,7 +27,7 @@ from agent_service.errors import Forbidden, ValidationFailed
 from agent_service.kit.deps import Deps
 from agent_service.kit.redis import redis_guard
 from agent_service.tasks import lifecycle
-from agent_service.tasks import repository as task_store
+from agent_service.tasks.export_repository import export_pages
 from agent_service.tasks.repository import TaskRecord
 from agent_service.tasks.schemas import (
     STATUS_WORDS,
@@ -91,8 +91,8 @@ async def open_export(deps: Deps, q: ExportQuery, *, owner_id: str, is_admin: bo
     if q.since is not None and q.until is not None and q.since >= q.until:
         raise ValidationFailed("`since` must be before `until`.",
                                errors=[{"path": "query.until", "message": "Must be later than `since`"}])
-    pages = task_store.export_pages(deps.db, owner_id=q.owner if is_admin else owner_id, state=q.state,
-                                    agent_id=q.agent_id, since=q.since, until=q.until, size=PAGE)
+    pages = export_pages(deps.db, owner_id=q.owner if is_admin else owner_id, state=q.state,
+                         agent_id=q.agent_id, since=q.since, until=q.until, size=PAGE)
     first = await anext(pages, None)
     return Export(deps, q.format, await _rows(deps, first) if first else [], pages)
 

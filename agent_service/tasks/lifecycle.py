@@ -1,5 +1,8 @@
 """The one writer of task state: the SQL record (tasks/repository.py) and the task's Redis keys
-(tasks/live.py) change only through the functions here.
+(tasks/live.py) change only through the functions here and in its package-internal parts,
+tasks/lifecycle_submit.py (a task's creation), tasks/lifecycle_marks.py (a run's start and
+success in SQL, coalesced) and tasks/lifecycle_events.py (how the changes reach Redis); callers
+know only this module, which re-exports what they use of the others.
 
 Invariants held here, for every caller (web process, worker, maintenance, admin):
 - a result is stored before SUCCESS is visible, so no reader sees SUCCESS without it;
@@ -14,27 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from datetime import datetime
 
-import msgspec
-
-from agent_service.errors import AppError, Conflict, ServiceUnavailable
-from agent_service.kit.coalesce import Coalescer
-from agent_service.kit.db import UniqueViolation
+from agent_service.errors import AppError, Conflict
 from agent_service.kit.deps import Deps
 from agent_service.kit.rounds import Round
 from agent_service.logging import get_logger
 from agent_service.tasks import repository as task_store
-from agent_service.tasks.live import Published, RunClaim, TaskLive
-from agent_service.tasks.queue import JobQueue
+from agent_service.tasks.lifecycle_events import live as live
+from agent_service.tasks.lifecycle_events import outbox_listener as outbox_listener
+from agent_service.tasks.lifecycle_events import publish, publish_into, send
+from agent_service.tasks.lifecycle_events import queue as queue
+from agent_service.tasks.lifecycle_marks import mark_started, mark_succeeded
+from agent_service.tasks.lifecycle_submit import Submission as Submission
+from agent_service.tasks.lifecycle_submit import submit as submit
+from agent_service.tasks.live import Published, RunClaim
 from agent_service.tasks.repository import Counts, TaskRecord
 from agent_service.tasks.schemas import (
     ChunkEvent,
     JobResult,
     ProgressEvent,
     StateEvent,
-    TaskEvent,
     TaskResult,
 )
 
@@ -63,116 +66,6 @@ def stream_progress(chunks: int, expected: int | None) -> int:
         return CALLED + min(span, span * chunks // expected)
     return CALLED + int(span * chunks / (chunks + 10))
 
-
-def live(deps: Deps) -> TaskLive:
-    return deps.part(TaskLive.of)
-
-
-def queue(deps: Deps) -> JobQueue:
-    return deps.part(JobQueue.of)
-
-
-def outbox_listener(deps: Deps) -> Callable[[], None]:
-    """Told (no I/O, never raising) when a change wrote a `task_events_outbox` row; the entry
-    points provide the webhooks domain's wake-up."""
-    return lambda: None
-
-
-async def _publish(deps: Deps, task_id: str, event: TaskEvent, *, progress: int | None = None) -> None:
-    _noted(deps, event)
-    await live(deps).append(task_id, event, progress=progress)
-
-
-def _noted(deps: Deps, event: TaskEvent) -> None:
-    if isinstance(event, StateEvent) and event.state in task_store.OUTBOX_EVENTS:
-        deps.part(outbox_listener)()
-
-
-def _into(deps: Deps, rnd: Round, task_id: str, events: list[Published]) -> None:
-    for event, _ in events:
-        _noted(deps, event)
-    live(deps).append_into(rnd, task_id, events)
-
-
-async def _send(deps: Deps, task_id: str, events: list[Published]) -> None:
-    """A task's events, in order, in one round trip."""
-    rnd = Round(deps.redis)
-    _into(deps, rnd, task_id, events)
-    await rnd.send()
-
-
-class Submission(msgspec.Struct, kw_only=True):
-    """A task to create and queue: its record and its job."""
-
-    task_id: str
-    kind: str
-    function: str
-    payload: dict[str, object]
-    agent_id: str | None
-    owner_id: str | None
-    request_id: str | None
-    session_id: str | None = None
-    keep_payload: bool = False  # stored for an admin retry (agent tasks)
-    scheduled_for: datetime | None = None
-    priority: str | None = None
-    defer_until: datetime | None = None
-    defer_by: float | None = None
-    webhook: str | None = None  # JSON of agents.schemas.StoredTaskWebhook
-
-
-async def submit(deps: Deps, sub: Submission) -> None:
-    """PENDING: the record, then the job. If the queue refuses, the record goes too (the client is
-    told 503: no phantom task). Once the job is queued the client must hear 202 whatever Redis
-    does next, so the first event is best effort. Submissions made at the same time are written
-    together (kit/coalesce.py): one INSERT of their records, then one Redis round trip queueing
-    their jobs, each followed by its first event."""
-    await deps.part(_intake).submit(sub)
-
-
-def _intake(deps: Deps) -> Coalescer[Submission]:
-    async def write(subs: list[Submission]) -> list[BaseException | None]:
-        return await _submit_many(deps, subs)
-
-    return Coalescer(write)
-
-
-async def _submit_many(deps: Deps, subs: list[Submission]) -> list[BaseException | None]:
-    rows = [task_store.NewTask(
-        task_id=sub.task_id, kind=sub.kind, agent_id=sub.agent_id, owner_id=sub.owner_id, request_id=sub.request_id,
-        session_id=sub.session_id, payload=msgspec.json.encode(sub.payload).decode() if sub.keep_payload else None,
-        scheduled_for=sub.scheduled_for, priority=sub.priority, webhook=sub.webhook) for sub in subs]
-    try:
-        await task_store.create_many(deps.db, rows, now=deps.clock())
-    except UniqueViolation as exc:  # not with fresh ids; one by one then, so that only the clash fails
-        if len(subs) == 1:
-            return [exc]
-        return [(await _submit_many(deps, [sub]))[0] for sub in subs]
-    pending = StateEvent(state="PENDING", progress=0)
-    rnd = Round(deps.redis)
-    for sub in subs:
-        await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id, defer_until=sub.defer_until,
-                                  defer_by=sub.defer_by, into=rnd)
-        _noted(deps, pending)
-        # no progress written: a PENDING task's is 0 whatever the hash says (progress_of)
-        live(deps).append_into(rnd, sub.task_id, [(pending, None)])
-    try:
-        await rnd.send()
-        return [None] * len(subs)
-    except ServiceUnavailable:
-        pass
-    # the round failed, maybe halfway: each job on its own now (an id already queued stays queued)
-    outcomes: list[BaseException | None] = []
-    for sub in subs:
-        try:
-            if await queue(deps).enqueue(sub.function, sub.payload, job_id=sub.task_id,
-                                         defer_until=sub.defer_until, defer_by=sub.defer_by):
-                with contextlib.suppress(AppError):
-                    await _publish(deps, sub.task_id, pending)
-            outcomes.append(None)
-        except ServiceUnavailable as exc:
-            await task_store.delete(deps.db, sub.task_id)
-            outcomes.append(exc)
-    return outcomes
 
 
 async def defer(deps: Deps, task_id: str, *, claim: RunClaim | None = None, rnd: Round | None = None) -> None:
@@ -227,51 +120,15 @@ async def start(deps: Deps, task_id: str, *, attempt: int, worker_lost: bool = F
     """STARTED for this attempt, and the task's retry and worker-loss counts; None (and nothing
     written) if the task is finished or unknown. With `run`, the event goes out with the run's
     next write (Run.flush) instead of by itself."""
-    mark = _Mark(task_id, tries=attempt, lost=worker_lost)
-    await deps.part(_starts).submit(mark)
-    counts = mark.counts
+    counts = await mark_started(deps, task_id, tries=attempt, lost=worker_lost)
     if counts is None:
         return None
     event = StateEvent(state="STARTED", progress=STARTED, attempt=attempt)
     if run is None:
-        await _publish(deps, task_id, event, progress=STARTED)
+        await publish(deps, task_id, event, progress=STARTED)
     else:
         run.pending.append((event, STARTED))
     return counts
-
-
-class _Mark:
-    """One run's start or success in SQL, written in one statement with those of the runs that
-    start or succeed at the same moment (kit/coalesce.py): under load, a worker's concurrent runs
-    share the database's per-statement and per-commit cost instead of queueing for it."""
-
-    __slots__ = ("changed", "counts", "lost", "task_id", "tries")
-
-    def __init__(self, task_id: str, *, tries: int = 0, lost: bool = False) -> None:
-        self.task_id, self.tries, self.lost = task_id, tries, lost
-        self.counts: Counts | None = None
-        self.changed = False
-
-
-def _starts(deps: Deps) -> Coalescer[_Mark]:
-    async def write(marks: list[_Mark]) -> list[BaseException | None]:
-        got = await task_store.mark_started_many(deps.db, [(m.task_id, m.tries, m.lost) for m in marks],
-                                                 now=deps.clock())
-        for m in marks:
-            m.counts = got.get(m.task_id)
-        return [None] * len(marks)
-
-    return Coalescer(write)
-
-
-def _successes(deps: Deps) -> Coalescer[_Mark]:
-    async def write(marks: list[_Mark]) -> list[BaseException | None]:
-        changed = await task_store.mark_succeeded_many(deps.db, [m.task_id for m in marks], now=deps.clock())
-        for m in marks:
-            m.changed = m.task_id in changed
-        return [None] * len(marks)
-
-    return Coalescer(write)
 
 
 class Run:
@@ -308,14 +165,14 @@ class Run:
         await self._settled()
         if self.pending:
             events, self.pending = self.pending, []
-            await _send(self._deps, self.task_id, events)
+            await send(self._deps, self.task_id, events)
 
     def flush_soon(self) -> None:
         """Send what is pending without waiting (the agent's call goes on meanwhile); the run's
         next write waits for it first, so that the stream keeps its order, and raises its error."""
         if self.pending and self._sending is None:
             events, self.pending = self.pending, []
-            self._sending = asyncio.ensure_future(_send(self._deps, self.task_id, events))
+            self._sending = asyncio.ensure_future(send(self._deps, self.task_id, events))
 
     async def _settled(self) -> None:
         if self._sending is not None:
@@ -328,7 +185,7 @@ class Run:
         with contextlib.suppress(AppError):
             await self._settled()
         events, self.pending = self.pending, []
-        _into(self._deps, rnd, self.task_id, events)
+        publish_into(self._deps, rnd, self.task_id, events)
 
     async def chunk(self, content: str) -> None:
         index = self.chunks
@@ -354,7 +211,7 @@ class Run:
         if not await task_store.mark_retry(self._deps.db, self.task_id, error=reason, retry_at=retry_at,
                                            now=self._deps.clock()):
             return False
-        await _publish(self._deps, self.task_id, StateEvent(state="RETRY", progress=self.progress,
+        await publish(self._deps, self.task_id, StateEvent(state="RETRY", progress=self.progress,
                                                             attempt=self.attempt, error=reason, retry_at=retry_at))
         return True
 
@@ -368,19 +225,17 @@ async def succeed(deps: Deps, task_id: str, result: TaskResult, *, attempt: int 
     """SUCCESS. `before`: the run's events still to publish, sent with the result; `then`: a round
     the caller sends right after, which the SUCCESS event joins."""
     first = Round(deps.redis)
-    _into(deps, first, task_id, before or [])
+    publish_into(deps, first, task_id, before or [])
     live(deps).store_result_into(first, task_id, result)
     await first.send()  # before SUCCESS can be seen
-    mark = _Mark(task_id)
-    await deps.part(_successes).submit(mark)
-    if not mark.changed:
+    if not await mark_succeeded(deps, task_id):
         log.info("task.finish_lost", task_id=task_id, wanted="SUCCESS")
         return False
     done: list[Published] = [(StateEvent(state="SUCCESS", progress=100, attempt=attempt), 100)]
     if then is None:
-        await _send(deps, task_id, done)
+        await send(deps, task_id, done)
     else:
-        _into(deps, then, task_id, done)
+        publish_into(deps, then, task_id, done)
     return True
 
 
@@ -389,7 +244,7 @@ async def fail(deps: Deps, task_id: str, reason: str, *, attempt: int = 0, progr
     if not await task_store.mark_finished(deps.db, task_id, state="FAILURE", error=reason, now=deps.clock(),
                                           code=code):
         return False
-    await _publish(deps, task_id, StateEvent(state="FAILURE", progress=progress, attempt=attempt, error=reason))
+    await publish(deps, task_id, StateEvent(state="FAILURE", progress=progress, attempt=attempt, error=reason))
     return True
 
 
@@ -400,7 +255,7 @@ async def revoke(deps: Deps, task_id: str, partial: JobResult | None = None, *, 
         await live(deps).store_result(task_id, partial)
     if not await task_store.mark_finished(deps.db, task_id, state="REVOKED", error=CANCELLED, now=deps.clock()):
         return False
-    await _publish(deps, task_id, StateEvent(state="REVOKED", progress=progress, attempt=attempt, error=CANCELLED))
+    await publish(deps, task_id, StateEvent(state="REVOKED", progress=progress, attempt=attempt, error=CANCELLED))
     return True
 
 
@@ -419,6 +274,6 @@ async def requeue_by_admin(deps: Deps, record: TaskRecord, *, function: str, pay
     if not await task_store.requeue(deps.db, record.id, now=deps.clock()):
         raise Conflict("The task changed state meanwhile; try again.", code="task_not_retryable")
     await queue(deps).enqueue(function, payload, job_id=record.id)
-    await _publish(deps, record.id, StateEvent(state="PENDING", progress=0, retried_by_admin=True), progress=0)
+    await publish(deps, record.id, StateEvent(state="PENDING", progress=0, retried_by_admin=True), progress=0)
     log.info("task.requeued", task_id=record.id)
 

@@ -1,10 +1,10 @@
 """The `tasks` table: the durable record of each background invocation (SQL in, Structs out).
 
-Only tasks/lifecycle.py calls the writes; services read."""
+Only the writer of task state (tasks/lifecycle.py and its parts) calls the writes; services read.
+An export's walk over the table is tasks/export_repository.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -286,34 +286,3 @@ async def finished_since(db: Database, since: datetime) -> list[tuple[str, str]]
     )
     return [(r[0], r[1]) for r in rows]
 
-
-async def export_pages(
-    db: Database, *, owner_id: str | None, state: str | None, agent_id: str | None, since: datetime | None,
-    until: datetime | None, size: int,
-) -> AsyncIterator[list[TaskRecord]]:
-    """Every task matching the filters (`since` ≤ created_at < `until`), newest first, `size` rows per
-    read: an export of any length holds one page. Each read starts after the last row of the one
-    before (keyset), so tasks created meanwhile, newer than the first row, neither shift nor repeat
-    a row. `owner_id=None`: everyone's (admins)."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (("owner_id", owner_id), ("state", state), ("agent_id", agent_id)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    for clause, at in (("created_at >= ?", since), ("created_at < ?", until)):
-        if at is not None:
-            where.append(clause)
-            params.append(iso(at))
-    cursor: str | None = None
-    while True:
-        clauses, args = list(where), list(params)
-        if (after := KEYSET.after(cursor)) is not None:
-            clauses.append(after.sql)
-            args += after.params
-        rows = await db.fetchall(f"SELECT * FROM tasks{where_sql(clauses)}{KEYSET.order_limit}", (*args, size + 1))
-        page, cursor = KEYSET.page(rows, size)
-        if page:
-            yield [_record(r) for r in page]
-        if cursor is None:
-            return

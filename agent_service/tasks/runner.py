@@ -33,6 +33,7 @@ from agent_service.logging import get_logger
 from agent_service.sessions.service import SessionService
 from agent_service.tasks import lifecycle, queue
 from agent_service.tasks import repository as task_store
+from agent_service.tasks.cancel_watch import CancelledByRequest, cancellable
 from agent_service.tasks.lifecycle import ANSWERED, CALLED, LOADED, Run
 from agent_service.tasks.live import RunClaim
 from agent_service.tasks.policy import RetryLater, backoff_delay
@@ -43,7 +44,6 @@ log = get_logger("agent_service.tasks")
 
 HARD_LIMIT_MARGIN = 0.1
 RELEASE_EVERY_SECONDS, RELEASE_TRIES = 0.5, 600  # retry a failed release for up to 5 minutes
-CANCEL_POLL_SECONDS = 0.25
 
 
 class JobFailed(Exception):
@@ -51,10 +51,6 @@ class JobFailed(Exception):
 
 
 class SoftTimeLimit(Exception):
-    pass
-
-
-class CancelledByRequest(Exception):
     pass
 
 
@@ -74,48 +70,6 @@ async def _release_later(deps: Deps, task_id: str) -> None:
 
 def job_name(job: AgentJob) -> str:
     return queue.INVOKE_AGENT_STREAMING if job.stream else queue.INVOKE_AGENT
-
-
-async def _cancellable(deps: Deps, task_id: str, work: Awaitable[JobResult]) -> JobResult:
-    """Run `work`, cancelling it when someone asks for the task to be cancelled.
-
-    Our own mechanism (a per-task Redis key, polled while the job runs) instead of arq's abort:
-    it works under the plain `arq` CLI too, needs no `allow_abort_jobs`, and a stale request
-    cannot kill a later run because a re-queue clears the key.
-    """
-    job = asyncio.ensure_future(work)
-    requested = False
-
-    async def watch() -> None:
-        nonlocal requested
-        while not job.done():
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
-            if requested:
-                # a cancellation that lands inside a Redis call can be swallowed by the driver:
-                # repeat it until the work has stopped
-                job.cancel()
-                continue
-            try:
-                if await lifecycle.live(deps).cancel_requested(task_id):
-                    requested = True
-                    job.cancel()
-            except AppError:
-                continue  # Redis blip: keep the job running, look again next time
-
-    watcher = asyncio.create_task(watch())
-    try:
-        result = await job
-        if requested:  # it finished although asked to stop: the request wins
-            raise CancelledByRequest
-        return result
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if requested and not (current and current.cancelling()):
-            raise CancelledByRequest from None
-        job.cancel()  # we are being cancelled from outside (hard limit, shutdown): take the work down too
-        raise
-    finally:
-        watcher.cancel()
 
 
 async def observe(deps: Deps, job: AgentJob, what: str, started: float | None = None) -> None:
@@ -190,7 +144,7 @@ async def _run_job(deps: Deps, job: AgentJob, run: Run, *, job_id: str, claim: R
     soft = deps.settings.stream_job_soft_time_limit if job.stream else deps.settings.job_soft_time_limit
     hard = deps.settings.stream_job_time_limit if job.stream else deps.settings.job_time_limit
     try:
-        result = await _cancellable(deps, job.task_id, _run(deps, job, run, soft_limit=soft))
+        result = await cancellable(deps, job.task_id, _run(deps, job, run, soft_limit=soft))
     except CancelledByRequest:
         await _finish_cancelled(deps, job, run, await _partial(deps, job), fields, started)
         return

@@ -23,7 +23,7 @@ from agent_service.errors import AppError, NotFound
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.tasks import service as tasks
-from agent_service.webhooks import delivery, signing
+from agent_service.webhooks import delivery, outbox, signing
 from agent_service.webhooks import repository as store
 from agent_service.webhooks.repository import DeliveryRecord, SubscriptionRecord
 from agent_service.webhooks.schemas import BATCH_COMPLETED, AttemptRecord, DispatchPass, OutboxRow, Outcome
@@ -96,16 +96,16 @@ async def expand_outbox(deps: Deps) -> int:
     taken = 0
     owners: dict[str, list[SubscriptionRecord]] = {}
     nothing: list[int] = []  # rows that make no delivery: deleted together
-    for row in await store.outbox_batch(deps.db, limit=OUTBOX_BATCH):
+    for row in await outbox.outbox_batch(deps.db, limit=OUTBOX_BATCH):
         made = await _deliveries_for(deps, row, owners)
         if made is None:
             break  # in order: a later event of the same task must not overtake this one
         if not made:
             nothing.append(row.id)
             taken += 1
-        elif await store.take_outbox(deps.db, row.id, made):
+        elif await outbox.take_outbox(deps.db, row.id, made):
             taken += 1
-    await store.drop_outbox(deps.db, nothing)
+    await outbox.drop_outbox(deps.db, nothing)
     return taken
 
 

@@ -1,5 +1,5 @@
-"""The webhooks tables (SQL in, Structs out): subscriptions, deliveries and their attempts, and the
-consuming side of tasks' `task_events_outbox`."""
+"""The webhooks tables (SQL in, Structs out): subscriptions, deliveries and their attempts. The
+consuming side of tasks' `task_events_outbox` is webhooks/outbox.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agent_service.clock import iso
 from agent_service.kit.db import Database, Row, Tx
 from agent_service.kit.pagination import Keyset
 from agent_service.kit.pagination import where as where_sql
-from agent_service.webhooks.schemas import AttemptRecord, OutboxRow, Outcome
+from agent_service.webhooks.schemas import AttemptRecord, Outcome
 
 KEYSET = Keyset(time="created_at", id="id")
 
@@ -162,7 +162,7 @@ _INSERT_DELIVERY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 
-async def _insert(tx: Tx, deliveries: list[DeliveryRecord]) -> None:
+async def insert_deliveries(tx: Tx, deliveries: list[DeliveryRecord]) -> None:
     for d in deliveries:
         await tx.execute(_INSERT_DELIVERY, (d.id, d.owner_id, d.subscription_id, d.task_id, d.batch_id, d.event, d.url,
                                             d.payload, iso(d.next_attempt_at), iso(d.created_at), iso(d.created_at)))
@@ -170,29 +170,7 @@ async def _insert(tx: Tx, deliveries: list[DeliveryRecord]) -> None:
 
 async def add_deliveries(db: Database, deliveries: list[DeliveryRecord]) -> None:
     async with db.transaction() as tx:
-        await _insert(tx, deliveries)
-
-
-async def outbox_batch(db: Database, *, limit: int) -> list[OutboxRow]:
-    rows = await db.fetchall("SELECT * FROM task_events_outbox ORDER BY id LIMIT ?", (limit,))
-    return [msgspec.convert(dict(r), OutboxRow) for r in rows]
-
-
-async def drop_outbox(db: Database, outbox_ids: list[int]) -> None:
-    """Events that make no delivery (most tasks have no webhook and no subscription), in one go."""
-    if outbox_ids:
-        marks = ", ".join("?" * len(outbox_ids))
-        await db.execute(f"DELETE FROM task_events_outbox WHERE id IN ({marks})", outbox_ids)
-
-
-async def take_outbox(db: Database, outbox_id: int, deliveries: list[DeliveryRecord]) -> bool:
-    """The event's deliveries in place of its outbox row, in one transaction: whoever deletes the
-    row writes them (False: another worker did), and a crash leaves either the row or them."""
-    async with db.transaction() as tx:
-        if not await tx.execute("DELETE FROM task_events_outbox WHERE id = ?", (outbox_id,)):
-            return False
-        await _insert(tx, deliveries)
-    return True
+        await insert_deliveries(tx, deliveries)
 
 
 async def claim_due(db: Database, *, now: datetime, until: datetime, limit: int) -> list[DeliveryRecord]:
@@ -206,7 +184,6 @@ async def claim_due(db: Database, *, now: datetime, until: datetime, limit: int)
         " AND state = 'pending' RETURNING *",
         (iso(until), iso(now), iso(now), iso(now), limit))
     return [_delivery(r) for r in rows]
-
 
 
 async def finish_attempt(db: Database, d: DeliveryRecord, out: Outcome, *, disable_before: datetime,
