@@ -109,17 +109,16 @@ async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest, *, owner_
     data = await _input(deps, agent, req, owner_id)
     ref, metered = uuid.uuid4().hex, deps.part(meter)
     await metered.before(owner_id, ref)
+    out = None
     try:
         async with asyncio.timeout(deps.settings.sync_invoke_timeout):
             out = await agent.invoke(data)
-    except BaseException as exc:
-        await metered.after(owner_id, ref, agent.name, None)
-        if isinstance(exc, TimeoutError):
-            raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
-        if isinstance(exc, AgentError):
-            raise to_app_error(exc) from None
-        raise
-    await metered.after(owner_id, ref, agent.name, out.metadata)
+    except TimeoutError:
+        raise GatewayTimeout("The agent did not answer in time; use invoke-async for long work.") from None
+    except AgentError as exc:
+        raise to_app_error(exc) from None
+    finally:  # the budget hold is settled however the call ends (no usage when it failed)
+        await metered.after(owner_id, ref, agent.name, out.metadata if out is not None else None)
     await _remember(deps, agent, req, owner_id, out.content)
     return InvokeResponse(response=out.content, metadata={**out.metadata, "agent_id": agent.name})
 
@@ -134,7 +133,7 @@ async def open_stream(
     ref, metered = uuid.uuid4().hex, deps.part(meter)
     try:
         await metered.before(owner_id, ref)
-    except BaseException:
+    except BaseException:  # broad: refused (budget) or cancelled, the agent's generator is closed, then re-raised
         await source.aclose()  # type: ignore[attr-defined]
         raise
     # one deadline for the whole stream: a slow-dripping agent cannot hold a connection forever
@@ -142,7 +141,7 @@ async def open_stream(
     try:
         async with asyncio.timeout_at(deadline):
             first = await anext(source, None)
-    except BaseException as exc:
+    except BaseException as exc:  # broad: any end before the first item closes the agent and frees the hold
         await source.aclose()  # type: ignore[attr-defined]
         await metered.after(owner_id, ref, agent.name, None)
         if isinstance(exc, TimeoutError):

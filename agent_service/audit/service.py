@@ -98,7 +98,7 @@ class AuditWriter:
             self._trim()
             if len(self._buffer) >= self._batch_size:
                 self._wake.set()
-        except Exception:
+        except Exception:  # broad: record() promises never to raise into the request it audits
             log.exception("audit_record_failed")
 
     def record_failure(self, entry: AuditEntry) -> None:
@@ -145,7 +145,7 @@ class AuditWriter:
                 todo -= len(batch)
                 try:
                     await audit_store.insert_rows(self._db, batch)
-                except BaseException as exc:
+                except BaseException as exc:  # broad: a failed or cancelled insert puts its batch back
                     self._buffer.extendleft(reversed(batch))
                     self._trim()
                     if not isinstance(exc, Exception):

@@ -123,7 +123,7 @@ def job_tags(**tags: str | None) -> AbstractContextManager[None]:
 def _tagging(tags: dict[str, str | None]) -> Iterator[None]:
     try:
         yield
-    except BaseException as exc:
+    except BaseException as exc:  # broad: only tags what passes through, then re-raises it unchanged
         try:
             setattr(exc, _TAGS_ATTR, {k: v for k, v in tags.items() if v is not None})
         except (AttributeError, TypeError):  # an exception type that takes no attributes

@@ -182,7 +182,7 @@ class Quota:
         try:
             granted, remaining, wait_ms, reset_ms = await self._script(
                 keys=[self._prefix + key], args=[-1, lim.period * 1000.0 / lim.limit, lim.limit, want, unspent])
-        except BaseException:
+        except BaseException:  # broad: an error or a cancel mid-call gave nothing back, so the lease stays ours
             if old is not None:
                 self._leases[key] = old  # not given back: still ours to spend
             raise

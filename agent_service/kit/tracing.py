@@ -214,7 +214,7 @@ def _leaf_span(name: str, attributes: dict[str, str | int | None]) -> Iterator[A
     span = _otel["tracer"].start_span(name, kind=_kind("client"), attributes=_attrs(attributes))
     try:
         yield _Span(span)
-    except Exception as exc:
+    except Exception as exc:  # broad: the span records whatever failed, then it is re-raised
         _fail(span, exc)
         raise
     finally:
@@ -250,7 +250,7 @@ class ServerSpanMiddleware:
                                                    record_exception=False, set_status_on_exception=False) as span:
             try:
                 await self.app(scope, receive, send_status)
-            except Exception as exc:
+            except Exception as exc:  # broad: recorded on the request's span, then re-raised
                 _fail(span, exc)
                 raise
             finally:

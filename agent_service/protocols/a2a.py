@@ -266,7 +266,7 @@ async def _follow(call: Call, task_id: str, after: str | None) -> AsyncIterator[
         record = await tasks.get_record(call.deps, task_id, owner_id=call.caller.user_id,
                                         is_admin=call.caller.is_admin)
         status = await tasks.status_of(call.deps, record)
-    except BaseException:
+    except BaseException:  # broad: the opened stream (and its slot) is closed whatever failed, then re-raised
         await events.aclose()
         raise
     return _items(call, record, status, events)

@@ -43,7 +43,7 @@ async def submit_batch(deps: Deps, batch: batch_store.BatchRecord, subs: list[Su
                                                     defer_until=sub.defer_until, defer_by=sub.defer_by, into=rnd)
                 lifecycle.live(deps).append_into(rnd, sub.task_id, [(pending, 0)])
             await rnd.send()
-    except BaseException:
+    except BaseException:  # broad: a refused job or a cancelled request takes the whole batch back out
         await asyncio.shield(batch_store.delete(deps.db, batch.id))
         log.warning("batch.not_queued", batch_id=batch.id)
         raise

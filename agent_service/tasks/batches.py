@@ -130,7 +130,7 @@ async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[
                         created_at=deps.clock(), cancelled_at=None, completed_at=None)
     try:
         await batch_lifecycle.submit_batch(deps, batch, subs)
-    except BaseException:
+    except BaseException:  # broad: nothing queued, however it failed: the budget holds go back
         if held:
             await usage.release(deps, owner_id, ids)
         raise

@@ -118,7 +118,7 @@ async def _enqueue(
     held = await usage.reserve(deps, owner_id, [sub.task_id], run_at=run_at)  # 429 before anything is queued
     try:
         await lifecycle.submit(deps, sub)
-    except BaseException:
+    except BaseException:  # broad: nothing queued, however it failed: the budget hold goes back
         if held:
             await usage.release(deps, owner_id, [sub.task_id])
         raise
