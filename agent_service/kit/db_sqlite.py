@@ -1,10 +1,12 @@
-"""The SQLite driver (aiosqlite): one WAL-mode file shared by the web and worker processes of one
-machine, with busy_timeout so a writer waits for the other process instead of failing."""
+"""The SQLite driver: one WAL-mode file shared by the web and worker processes of one machine,
+with busy_timeout so a writer waits for the other process instead of failing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,87 +14,51 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from agent_service.kit.db import DatabaseUnavailable, Dialect, Row, UniqueViolation
+from agent_service.errors import ConfigError
+from agent_service.kit.db import DatabaseUnavailable, Dialect, Row, Tx
+from agent_service.kit.db_sqlite_conn import Busy, LoopTx, ThreadTx
 from agent_service.kit.private_files import create_private_file, make_private_dir
 from agent_service.logging import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-async def _guard(work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await work()
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
-            raise UniqueViolation(str(exc)) from None
-        raise
-    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
-        # locked past busy_timeout, disk full, I/O error: the client may retry, nothing leaks out
-        log.warning("db.unavailable", dialect="sqlite", error=type(exc).__name__, detail=str(exc)[:200])
-        raise DatabaseUnavailable() from None
-
-
-class _Tx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async def go() -> int:
-            # one trip to the connection's thread (a cursor would take a second one to close); the
-            # rows it changed from the connection's counter (no trigger exists to count on top)
-            before = self._conn.total_changes
-            await self._conn.execute_fetchall(sql, params)
-            return self._conn.total_changes - before
-
-        return await _guard(go)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async def go() -> None:
-            await self._conn.executemany(sql, rows)
-
-        await _guard(go)
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async def go() -> Row | None:
-            async with self._conn.execute(sql, params) as cur:
-                row: Row | None = await cur.fetchone()
-                return row
-
-        return await _guard(go)
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async def go() -> list[Row]:
-            async with self._conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
-
-        return await _guard(go)
+_PRAGMAS = ("synchronous = NORMAL", "foreign_keys = ON")
+SLOW_SECONDS = 0.002  # a statement that held the loop this long runs on the thread from then on
+SLOW_MEMO = 512
+CHECKPOINT_ROWS = 2000  # rows changed on the loop's connection between two checkpoints
 
 
 class SqliteDatabase:
-    """Autocommit connection; multi-statement work goes through `transaction()`.
+    """Autocommit statements, and `transaction()` for work that must be atomic.
 
-    One connection serves the whole process, so every statement holds a lock while it runs:
-    two coroutines must never interleave statements inside one BEGIN, and a write must never
-    run while a read statement is still open on the connection — SQLite would then answer
-    "database is locked" at once instead of waiting out busy_timeout for the other process.
+    Two connections to the file (kit/db_sqlite_conn.py): statements run on the loop's own thread
+    unless the file is locked by another process or the statement has been slow before, and
+    then on aiosqlite's thread, which waits out busy_timeout. One asyncio lock covers both, so
+    every statement holds it while it runs: two coroutines must never interleave statements
+    inside one BEGIN, and a write must never run while a read statement is still open on the
+    connection — SQLite would then answer "database is locked" at once instead of waiting.
     """
 
     dialect: Dialect = "sqlite"
     for_update = ""  # BEGIN IMMEDIATE already holds the file's write lock
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self._tx = _Tx(conn)
+    def __init__(self, loop_conn: sqlite3.Connection, thread_conn: aiosqlite.Connection) -> None:
+        self._loop = LoopTx(loop_conn, fallback=True)
+        self._loop_tx = LoopTx(loop_conn, fallback=False)
+        self._thread = ThreadTx(thread_conn)
         self._lock = asyncio.Lock()
+        self._slow: set[str] = set()
+        self._checkpointed = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout_ms: int = 5000) -> SqliteDatabase:
-        if path not in (":memory:", ""):  # "" is a private temporary database
-            # SQLite would create the file 0644, and its -wal and -shm copy the file's mode: made
-            # 0600 first (in a 0700 directory if the directory is new), all three stay private
-            make_private_dir(Path(path).parent)
-            create_private_file(path)
+        if path in (":memory:", ""):  # the two connections would see two different databases
+            raise ConfigError("DATABASE_PATH must name a file (SQLite's in-memory databases are not shared).")
+        # SQLite would create the file 0644, and its -wal and -shm copy the file's mode: made 0600
+        # first (in a 0700 directory if the directory is new), all three stay private
+        make_private_dir(Path(path).parent)
+        create_private_file(path)
         pending = aiosqlite.connect(path, isolation_level=None)
         # aiosqlite runs each connection in a non-daemon thread, which keeps a stopping process
         # alive if the connection is never closed (a worker that lost Redis); daemon it (private
@@ -100,56 +66,121 @@ class SqliteDatabase:
         pending._thread.daemon = True
         conn = await pending
         conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        return cls(conn)
+        for pragma in (f"busy_timeout = {int(busy_timeout_ms)}", "journal_mode = WAL", *_PRAGMAS):
+            await conn.execute(f"PRAGMA {pragma}")
+        # the loop's connection never sleeps on a lock, and never checkpoints as a side effect of
+        # a commit (a checkpoint writes the database file and syncs it): `_maybe_checkpoint` runs
+        # those on the thread's connection
+        loop_conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+        loop_conn.row_factory = sqlite3.Row
+        for pragma in ("busy_timeout = 0", "wal_autocheckpoint = 0", *_PRAGMAS):
+            loop_conn.execute(f"PRAGMA {pragma}")
+        return cls(loop_conn, conn)
 
     async def close(self) -> None:
-        await self._conn.close()
+        if self._checkpoint is not None:
+            self._checkpoint.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint
+        self._loop.conn.close()
+        await self._thread.conn.close()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self._lock:
-            return await self._tx.execute(sql, params)
+        return await self._statement(sql, lambda tx: tx.execute(sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self.transaction() as tx:
             await tx.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self._lock:
-            return await self._tx.fetchone(sql, params)
+        return await self._statement(sql, lambda tx: tx.fetchone(sql, params))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._lock:
-            return await self._tx.fetchall(sql, params)
+        return await self._statement(sql, lambda tx: tx.fetchall(sql, params))
 
     async def ping(self, *, write: bool = False) -> None:
-        async with self._lock:
-            if not write:
-                await self._tx.fetchone("SELECT 1")
-                return
-            # a write that changes nothing still needs the write lock: proves the file is writable
-            async with self._begin(immediate=True):
-                await self._tx.execute("UPDATE schema_migrations SET version = version WHERE 0")
+        if not write:
+            await self.fetchone("SELECT 1")
+            return
+        # a write that changes nothing still needs the write lock: proves the file is writable
+        async with self.transaction() as tx:
+            await tx.execute("UPDATE schema_migrations SET version = version WHERE 0")
 
-    @asynccontextmanager
-    async def transaction(self, *, immediate: bool = True) -> AsyncIterator[_Tx]:
-        """BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between processes."""
-        async with self._lock, self._begin(immediate=immediate):
-            yield self._tx
-
-    @asynccontextmanager
-    async def _begin(self, *, immediate: bool) -> AsyncIterator[None]:
-        await self._tx.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-        try:
-            yield
-        except BaseException:  # whatever stopped the transaction (cancel included) must not leave it open
+    async def _statement(self, sql: str, op: Callable[[Tx], Awaitable[T]]) -> T:
+        """`op` on the loop's connection when it can run there now, else on the thread's. On the
+        loop's it completes without suspending, so holding the lock is not needed while no one else
+        holds it."""
+        fast = sql not in self._slow
+        if fast and not self._lock.locked():
             try:
-                await self._conn.execute("ROLLBACK")
-            except (sqlite3.Error, OSError):
-                log.warning("db.rollback_failed")
-            raise
-        else:
-            await self._tx.execute("COMMIT")
+                return await self._on_loop(sql, op)
+            except Busy:
+                fast = False
+        async with self._lock:
+            if fast:
+                try:
+                    return await self._on_loop(sql, op)
+                except Busy:
+                    pass
+            return await op(self._thread)
+
+    async def _on_loop(self, sql: str, op: Callable[[Tx], Awaitable[T]]) -> T:
+        began = time.perf_counter()
+        try:
+            return await op(self._loop)
+        finally:
+            if time.perf_counter() - began > SLOW_SECONDS:
+                if len(self._slow) >= SLOW_MEMO:
+                    self._slow.clear()
+                self._slow.add(sql)  # from now on it runs off the loop, whose other work it held up
+            self._maybe_checkpoint()
+
+    @asynccontextmanager
+    async def transaction(self, *, immediate: bool = True) -> AsyncIterator[Tx]:
+        """BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between processes. A
+        read transaction (immediate=False: a consistent snapshot for reports) runs on the thread."""
+        async with self._lock:
+            tx: LoopTx | ThreadTx = self._thread
+            if immediate:
+                try:
+                    self._loop.execute_now("BEGIN IMMEDIATE")
+                    tx = self._loop_tx
+                except Busy:
+                    await self._thread.execute("BEGIN IMMEDIATE")
+            else:
+                await self._thread.execute("BEGIN")
+            try:
+                yield tx
+                await tx.execute("COMMIT")
+            except BaseException:  # whatever stopped the transaction (cancel, a failed commit) must not leave it open
+                await _rollback(tx)
+                raise
+            finally:
+                if tx is self._loop_tx:
+                    self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        changes = self._loop.conn.total_changes
+        if changes - self._checkpointed < CHECKPOINT_ROWS or self._checkpoint is not None:
+            return
+        self._checkpointed = changes
+        self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint(), name="sqlite-checkpoint")
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            async with self._lock:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._thread.fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._checkpoint = None
+
+
+async def _rollback(tx: LoopTx | ThreadTx) -> None:
+    try:
+        if isinstance(tx, LoopTx):
+            if tx.conn.in_transaction:
+                tx.conn.execute("ROLLBACK")
+        elif tx.conn.in_transaction:
+            await tx.conn.execute("ROLLBACK")
+    except (sqlite3.Error, OSError, ValueError):  # ValueError: aiosqlite's connection is closed
+        log.warning("db.rollback_failed")

@@ -1,0 +1,146 @@
+"""kit/db_sqlite.py's two connections: statements on the loop's thread, the waiting one when the
+file is locked by someone else, slow statements moved off the loop, checkpoints kept up."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent_service.errors import ConfigError
+from agent_service.kit import db_sqlite
+from agent_service.kit.db import DatabaseUnavailable
+from agent_service.kit.db_sqlite import SqliteDatabase
+
+pytestmark = pytest.mark.sqlite_only
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    opened = await SqliteDatabase.open(str(tmp_path / "two.db"), busy_timeout_ms=5000)
+    await opened.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    yield opened
+    await opened.close()
+
+
+def holder(path: Path) -> sqlite3.Connection:
+    """Another connection to the file, as another process's would be."""
+    return sqlite3.connect(path, isolation_level=None, timeout=5)
+
+
+async def test_a_write_waits_out_another_writer_without_holding_up_the_loop(db: SqliteDatabase,
+                                                                           tmp_path: Path) -> None:
+    other = holder(tmp_path / "two.db")
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(db.execute("INSERT INTO t (v) VALUES ('after the lock')"))
+    ticks = 0
+    for _ in range(20):  # the loop keeps running other work while the write waits for the file
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not write.done()
+    other.execute("ROLLBACK")
+    assert await asyncio.wait_for(write, 10) == 1
+    assert ticks == 20
+    row = await db.fetchone("SELECT v FROM t")
+    assert row is not None and row[0] == "after the lock"
+    other.close()
+
+
+async def test_a_transaction_waits_out_another_writer_and_commits_whole(db: SqliteDatabase, tmp_path: Path) -> None:
+    other = holder(tmp_path / "two.db")
+    other.execute("BEGIN IMMEDIATE")
+
+    async def both() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t (v) VALUES ('one')")
+            await tx.execute("INSERT INTO t (v) VALUES ('two')")
+
+    work = asyncio.create_task(both())
+    await asyncio.sleep(0.05)
+    assert not work.done()
+    other.execute("ROLLBACK")
+    await asyncio.wait_for(work, 10)
+    rows = await db.fetchall("SELECT v FROM t ORDER BY id")
+    assert [r[0] for r in rows] == ["one", "two"]
+    other.close()
+
+
+async def test_locked_past_busy_timeout_is_unavailable_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "short.db"
+    db = await SqliteDatabase.open(str(path), busy_timeout_ms=100)
+    await db.execute("CREATE TABLE t (v TEXT)")
+    other = holder(path)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(DatabaseUnavailable):
+        await db.execute("INSERT INTO t VALUES ('x')")
+    with pytest.raises(DatabaseUnavailable):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES ('y')")
+    assert (await db.fetchone("SELECT COUNT(*) FROM t"))[0] == 0  # type: ignore[index]  # WAL: reads go on
+    other.execute("ROLLBACK")
+    assert await db.execute("INSERT INTO t VALUES ('z')") == 1
+    other.close()
+    await db.close()
+
+
+async def test_a_failed_transaction_is_rolled_back_on_its_connection(db: SqliteDatabase) -> None:
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t (v) VALUES ('gone')")
+            raise RuntimeError("the body failed")
+    assert await db.fetchall("SELECT v FROM t") == []
+    async with db.transaction() as tx:  # nothing left open: the next one begins
+        await tx.execute("INSERT INTO t (v) VALUES ('kept')")
+    assert [r[0] for r in await db.fetchall("SELECT v FROM t")] == ["kept"]
+
+
+async def test_concurrent_statements_and_transactions_never_interleave(db: SqliteDatabase) -> None:
+    async def pair(i: int) -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t (v) VALUES (?)", (f"a{i}",))
+            await asyncio.sleep(0)  # a body that yields: another coroutine's statements must wait
+            await tx.execute("INSERT INTO t (v) VALUES (?)", (f"b{i}",))
+
+    async def single(i: int) -> None:
+        await db.execute("INSERT INTO t (v) VALUES (?)", (f"s{i}",))
+
+    await asyncio.gather(*(pair(i) for i in range(20)), *(single(i) for i in range(20)))
+    values = [r[0] for r in await db.fetchall("SELECT v FROM t ORDER BY id")]
+    assert len(values) == 60
+    for i in range(20):
+        assert values.index(f"b{i}") == values.index(f"a{i}") + 1
+
+
+async def test_a_slow_statement_runs_off_the_loop_from_then_on(db: SqliteDatabase) -> None:
+    slow = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 400000)"
+            " SELECT COUNT(*) FROM n")
+    assert (await db.fetchone(slow))[0] == 400000  # type: ignore[index]
+    assert slow in db._slow
+    assert (await db.fetchone(slow))[0] == 400000  # type: ignore[index]  # the thread's answer is the same
+    assert "SELECT 1" not in db._slow
+
+
+async def test_writes_on_the_loop_are_checkpointed(db: SqliteDatabase, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_sqlite, "CHECKPOINT_ROWS", 50)
+    for i in range(200):
+        await db.execute("INSERT INTO t (v) VALUES (?)", (str(i),))
+        await asyncio.sleep(0)  # the checkpoint task runs between statements, as under any load
+    for _ in range(100):
+        if db._checkpoint is None:
+            break
+        await asyncio.sleep(0.01)
+    other = holder(tmp_path / "two.db")
+    busy, frames, checkpointed = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    other.close()
+    # without the checkpoints (the loop's connection never makes one) all 200 commits would be in
+    # the WAL since the first; with them, the log restarted and holds only the last few
+    assert busy == 0 and frames < 150, (frames, checkpointed)
+
+
+async def test_an_in_memory_database_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        await SqliteDatabase.open(":memory:")
