@@ -197,3 +197,19 @@ async def test_a_budgeted_user_is_refused_while_redis_is_down(budget_settings: S
             await usage.reserve(down, await my_id(api), ["t1"])
         assert refused.value.code == "budget_unavailable" and refused.value.headers["Retry-After"]
         await dead.aclose()
+
+
+async def test_runs_settled_together_share_a_statement_and_a_repeat_counts_once(client: Client) -> None:
+    deps: Deps = client.app.state.deps
+    me = await my_id(client)
+    meta = {"usage": {"input_tokens": 2, "output_tokens": 3}}
+    # ten runs ending at once, one of them twice (a re-delivered job): eleven settles, ten rows
+    ends = [usage.settle(deps, owner_id=me, agent_id="echo", metadata=meta, task_id=f"together-{i}")
+            for i in (*range(10), 3)]
+    await asyncio.gather(*ends)
+    await usage.settle(deps, owner_id=me, agent_id="echo", metadata=meta, task_id="together-3")  # and later again
+    rows = await deps.db.fetchall("SELECT task_id, input_tokens + output_tokens FROM usage WHERE owner_id = ?"
+                                  " AND task_id LIKE 'together-%'", (me,))
+    assert sorted((r[0], r[1]) for r in rows) == sorted((f"together-{i}", 5) for i in range(10))
+    [echo] = (await report(client, "?group_by=agent"))["items"]
+    assert (echo["runs"], echo["input_tokens"], echo["output_tokens"]) == (10, 20, 30)

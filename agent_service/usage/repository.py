@@ -18,14 +18,17 @@ def month_of(at: datetime) -> str:
     return at.strftime("%Y-%m")
 
 
-async def add(db: Database, rec: UsageRecord) -> bool:
-    """False if a row with its id is already there (a run settled twice counts once)."""
-    changed = await db.execute(
+async def add_many(db: Database, recs: list[UsageRecord]) -> set[str]:
+    """One INSERT for all; the ids written (a row already there — a run settled twice — counts once)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(recs))
+    params: list[Any] = []
+    for rec in recs:
+        params += (rec.id, rec.owner_id, rec.api_key_id, rec.task_id, rec.agent_id, rec.model, rec.input_tokens,
+                   rec.output_tokens, rec.cost, month_of(rec.at), iso(rec.at))
+    rows = await db.fetchall(
         "INSERT INTO usage (id, owner_id, api_key_id, task_id, agent_id, model, input_tokens, output_tokens, cost,"
-        " month, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (rec.id, rec.owner_id, rec.api_key_id, rec.task_id, rec.agent_id, rec.model, rec.input_tokens,
-         rec.output_tokens, rec.cost, month_of(rec.at), iso(rec.at)))
-    return changed > 0
+        f" month, at) VALUES {values} ON CONFLICT DO NOTHING RETURNING id", params)
+    return {r[0] for r in rows}
 
 
 async def used_in_month(db: Database, owner_id: str, month: str) -> int:

@@ -24,6 +24,7 @@ import msgspec
 from agent_service.agents.schemas import USAGE_KEY, Usage
 from agent_service.errors import AppError, Forbidden, ServiceUnavailable, TooManyRequests, ValidationFailed
 from agent_service.identity import service as identity
+from agent_service.kit.coalesce import Coalescer
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
 from agent_service.usage import repository as store
@@ -136,7 +137,7 @@ async def settle(deps: Deps, *, owner_id: str | None, agent_id: str, metadata: d
                       task_id=task_id, agent_id=agent_id, model=model, input_tokens=usage.input_tokens,
                       output_tokens=usage.output_tokens, cost=cost_of(deps, model, usage), at=now)
     try:
-        fresh = await store.add(deps.db, rec)
+        fresh = await deps.part(_recorder).add(rec)
     except AppError:
         log.warning("usage.not_recorded", task_id=task_id, owner_id=owner_id)
         fresh = True  # the budget still counts it
@@ -153,6 +154,38 @@ async def settle(deps: Deps, *, owner_id: str | None, agent_id: str, metadata: d
                                    used=rec.input_tokens + rec.output_tokens)
     except AppError:  # Redis is away: the hold stays (the budget is held back, not overrun) until retried
         _later(deps, owner_id, store.month_of(now.astimezone(UTC)), refs, rec.input_tokens + rec.output_tokens)
+
+
+class _Row:
+    __slots__ = ("fresh", "rec")
+
+    def __init__(self, rec: UsageRecord) -> None:
+        self.rec, self.fresh = rec, False
+
+
+class _Recorder:
+    """Usage rows of runs that end at the same moment share one INSERT (kit/coalesce.py)."""
+
+    def __init__(self, deps: Deps) -> None:
+        self._db = deps.db
+        self._batches: Coalescer[_Row] = Coalescer(self._write)
+
+    async def add(self, rec: UsageRecord) -> bool:
+        """False if the run's row was there already."""
+        row = _Row(rec)
+        await self._batches.submit(row)
+        return row.fresh
+
+    async def _write(self, rows: list[_Row]) -> list[BaseException | None]:
+        written = await store.add_many(self._db, [row.rec for row in rows])
+        for row in rows:  # the same run twice in one batch: its first row is the one written
+            row.fresh = row.rec.id in written
+            written.discard(row.rec.id)
+        return [None] * len(rows)
+
+
+def _recorder(deps: Deps) -> _Recorder:
+    return _Recorder(deps)
 
 
 class Job(Protocol):
