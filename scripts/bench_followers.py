@@ -7,10 +7,13 @@ worker. T streaming echo tasks are queued with the worker stopped; N SSE followe
 streams, no HTTP library) and each waits for its first event (the PENDING state, from the
 history). With all of them held, the web process's Redis connections are counted (its TCP
 connections to the server, and the server's blocked clients). Then the worker starts, the tasks
-stream their chunks, and every follower must see exactly its task's events, in order, to the end.
+stream their chunks, and `--late` more followers open one by one (`--late-rate` a second) while
+the thousand are held and streaming; every follower must see exactly its task's events, in order,
+to the end.
 
 Printed: followers held, Redis connections of the web process (before the followers, while they
-are held), first-event latency p50/p99 (request sent -> first event), live latency p50/p99 (an
+are held), first-event latency p50/p99 (request sent -> first event) of the thousand opened at once and of
+the late ones, live latency p50/p99 (an
 event's stream id is the Redis clock at XADD -> received by the client; same machine, same clock)
 and whether every follower saw every event. The client shares the machine's CPUs with the server.
 
@@ -196,7 +199,16 @@ async def run(args: argparse.Namespace, port: int, key: str, task_ids: list[str]
             blocked, clients = max(blocked, info["blocked_clients"]), max(clients, info["connected_clients"])
             await asyncio.sleep(0.1)
     worker = start_worker()
+    late: list[Follower] = []
     try:
+        # followers opening one by one while the thousand are held and their tasks stream: what a
+        # client that opens a stream waits for its first event on a busy process
+        await asyncio.sleep(args.late_after)
+        for i in range(args.late):
+            f = Follower(task_ids[i % len(task_ids)])
+            late.append(f)
+            running.append(asyncio.create_task(follow(f, port, key, lambda: None)))
+            await asyncio.sleep(1 / args.late_rate)
         remaining = max(1.0, deadline - time.monotonic())
         _, pending = await asyncio.wait(running, timeout=remaining)
         for t in pending:
@@ -206,21 +218,26 @@ async def run(args: argparse.Namespace, port: int, key: str, task_ids: list[str]
         worker.wait(15)
     with sync_redis.Redis.from_url(redis_url) as r:
         truth = {t: [eid.decode() for eid, _ in r.xrange(f"{PREFIX}task:{t}:events")] for t in task_ids}
-    complete = [f for f in followers if f.error is None and f.end in FINISHED and f.ids == truth[f.task_id]]
+    everyone = followers + late
+    complete = [f for f in everyone if f.error is None and f.end in FINISHED and f.ids == truth[f.task_id]]
     first_ms = [(f.first - f.sent) * 1000 for f in followers if f.first is not None]
+    late_ms = [(f.first - f.sent) * 1000 for f in late if f.first is not None]
     live = [ms for f in followers for ms in f.live_ms]
-    errors = [f.error for f in followers if f.error]
+    errors = [f.error for f in everyone if f.error]
     print(f"followers: {args.followers} opened at once on {len(task_ids)} tasks ({args.chunks} chunks, "
           f"{args.delay:g} s apart); one web process; {os.cpu_count()} CPUs shared with this client")
     print(f"  followers held at once:            {held} (all holding their first event {opened_in:.1f} s "
           f"after the first request)")
     print(f"  Redis connections of the web:      {before} before, {during} while {held} followers were held "
           f"(server, most seen: {clients} clients, {blocked} blocked)")
-    print(f"  first event latency:               p50 {pct(first_ms, 0.5):.1f} ms, p99 {pct(first_ms, 0.99):.1f} ms")
+    print(f"  first event, the {args.followers} opened at once:  p50 {pct(first_ms, 0.5):.1f} ms, "
+          f"p99 {pct(first_ms, 0.99):.1f} ms (each waits behind the requests sent before it)")
+    print(f"  first event, {len(late)} opened one by one ({args.late_rate:g}/s) while {held} are held and streaming: "
+          f"p50 {pct(late_ms, 0.5):.1f} ms, p99 {pct(late_ms, 0.99):.1f} ms")
     print(f"  live event latency (XADD->client): p50 {pct(live, 0.5):.1f} ms, p99 {pct(live, 0.99):.1f} ms "
           f"over {len(live)} deliveries (mean {statistics.fmean(live) if live else float('nan'):.1f} ms)")
-    ok = len(complete) == len(followers)
-    print(f"  every follower saw every event: {'yes' if ok else 'no'} ({len(complete)}/{len(followers)} complete)")
+    ok = len(complete) == len(everyone)
+    print(f"  every follower saw every event: {'yes' if ok else 'no'} ({len(complete)}/{len(everyone)} complete)")
     for e in sorted(set(errors))[:5]:
         print(f"    error: {e} (x{errors.count(e)})")
     return 0 if ok else 1
@@ -232,6 +249,9 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=10)
     ap.add_argument("--chunks", type=int, default=20, help="chunks each task streams")
     ap.add_argument("--delay", type=float, default=0.25, help="seconds between a task's chunks")
+    ap.add_argument("--late", type=int, default=100, help="followers opened one by one once the others are held")
+    ap.add_argument("--late-rate", type=float, default=50.0, help="late followers opened per second")
+    ap.add_argument("--late-after", type=float, default=2.0, help="seconds after the worker starts")
     ap.add_argument("--timeout", type=float, default=90.0, help="the whole follow must end within this")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -33,7 +33,9 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from agent_service.cli.embedded import free_port
-from agent_service.tasks.hub import Follower, FollowerHub
+from agent_service.tasks import hub as hub_module
+from agent_service.tasks.follower import Follower
+from agent_service.tasks.hub import FollowerHub
 from agent_service.tasks.live import TaskLive
 from agent_service.tasks.schemas import ChunkEvent
 from tests.support.environment import ROOT
@@ -528,6 +530,33 @@ async def test_hub_drops_a_follower_that_falls_behind_and_lets_all_go_when_close
     await hub.aclose()
     assert other.dropped and await other.next(5) == []
     assert hub.subscribe("t:o", "0").dropped  # a closed hub takes nobody
+
+
+async def test_hub_wakes_a_burst_of_followers_in_slices_letting_other_work_in_between(
+        hub_of: Callable[..., FollowerHub]) -> None:
+    hub, pool = hub_of(), hub_of.pool  # type: ignore[attr-defined]
+    many = [hub.subscribe("t:burst", "0") for _ in range(5 * hub_module.WAKE_SLICE)]
+    heard: list[int] = []
+
+    async def listen(follower: Follower) -> None:
+        await received(follower, 1)
+        heard.append(1)
+
+    listeners = [asyncio.create_task(listen(f)) for f in many]
+    await asyncio.sleep(0.05)  # all of them waiting, the reader blocked on the key
+    seen_between: list[int] = []
+
+    async def other_work() -> None:  # another request's steps while the burst goes out
+        while len(heard) < len(many):
+            seen_between.append(len(heard))
+            await asyncio.sleep(0)
+
+    probe = asyncio.create_task(other_work())
+    await append(pool, "t:burst", 0)
+    await asyncio.wait_for(asyncio.gather(*listeners), 5)
+    await probe
+    # the other work ran while some, but not all, had their event: the burst did not hold it up
+    assert any(0 < n < len(many) for n in seen_between), seen_between[-5:]
 
 
 # --- the benchmark, small ---------------------------------------------------------------------------

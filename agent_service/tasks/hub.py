@@ -31,7 +31,6 @@ import os
 import random
 import re
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,8 +41,8 @@ from redis.exceptions import RedisError
 from agent_service.kit.deps import Deps
 from agent_service.kit.redis import RedisConn
 from agent_service.logging import get_logger
+from agent_service.tasks.follower import Entry, Follower, parse_id
 from agent_service.tasks.live import TaskLive
-from agent_service.tasks.schemas import TaskEvent
 
 log = get_logger("agent_service.tasks")
 
@@ -52,47 +51,9 @@ COUNT = 500  # entries per key per read
 MAX_INBOX = 1_000  # entries waiting for one follower; beyond, it is dropped (it resumes by reconnecting)
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 WAKE_TTL_MS = 3_600_000  # a dead process's wake stream goes away by itself
+WAKE_SLICE = 32  # followers woken per turn of the loop
 
-Entry = tuple[str, TaskEvent]
 Decode = Callable[[Sequence[Any]], list[Entry]]
-
-
-def parse_id(event_id: str | bytes) -> tuple[int, int]:
-    text = event_id.decode() if isinstance(event_id, bytes) else event_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-class Follower:
-    """One registered follower: its key, its position (the last id handed to it) and its inbox."""
-
-    def __init__(self, key: str, after: str) -> None:
-        self.key = key
-        self.position = parse_id(after)
-        self.inbox: deque[Entry] = deque()
-        self.dropped = False
-        self._ready = asyncio.Event()
-
-    async def next(self, wait: float) -> list[Entry]:
-        """What arrived since the last call, waiting up to `wait` seconds for something; [] when
-        nothing came or when the follower was dropped (see `dropped`)."""
-        if not self.inbox and not self.dropped:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._ready.wait()
-        self._ready.clear()
-        batch = list(self.inbox)
-        self.inbox.clear()
-        return batch
-
-    def _take(self, entries: Sequence[Entry], last: tuple[int, int]) -> None:
-        self.inbox.extend(entries)
-        self.position = last
-        self._ready.set()
-
-    def _drop(self) -> None:
-        self.dropped = True
-        self._ready.set()
 
 
 class _Key:
@@ -224,21 +185,34 @@ class FollowerHub:
                 log.info("followers.redis_back", down_s=round(loop.time() - down_since, 1), followers=self.followers)
                 down_since = None
             delay = BACKOFF_MIN
+            woken: list[Follower] = []
             try:
                 for raw_key, raw in reply or ():
                     key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-                    self._dispatch(key, raw, streams[key])
+                    woken += self._dispatch(key, raw, streams[key])
             except Exception:  # broad: this one task serves every follower of the process; a bug here must not stop it
                 log.exception("followers.dispatch_failed")
                 await asyncio.sleep(BACKOFF_MAX)
+            await self._wake_in_slices(woken)
 
-    def _dispatch(self, key: str, raw: Sequence[Any], sent: str) -> None:
+    async def _wake_in_slices(self, woken: list[Follower]) -> None:
+        """Followers woken WAKE_SLICE at a time, the loop turning in between: a thousand
+        deliveries at once would otherwise hold every other request (a new follower's first
+        event) for the whole burst. Their inboxes are filled already: the next read can go out."""
+        for start in range(0, len(woken), WAKE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for follower in woken[start:start + WAKE_SLICE]:
+                follower._wake()
+
+    def _dispatch(self, key: str, raw: Sequence[Any], sent: str) -> list[Follower]:
+        """The entries of `key` into its followers' inboxes; the followers to wake."""
         if key == self._wake_key:
             self._wake_seen = raw[-1][0].decode()
-            return
+            return []
         entry = self._keys.get(key)
         if entry is None or not raw:
-            return  # every follower of it left meanwhile
+            return []  # every follower of it left meanwhile
         start = parse_id(sent)
         try:
             entries = self._decode(raw)
@@ -247,11 +221,12 @@ class FollowerHub:
             log.error("followers.bad_entry", key=key)
             for follower in list(entry.followers):
                 self._drop(follower)
-            return
+            return []
         ids = [parse_id(eid) for eid, _ in entries]
         last = ids[-1]
         if entry.position == start:  # nobody joined behind this read since it was sent
             entry.cursor, entry.position = entries[-1][0], last
+        woken = []
         for follower in list(entry.followers):
             if follower.position < start or follower.position >= last:
                 continue  # behind this read (its own re-read comes next), or it has all of it already
@@ -261,6 +236,8 @@ class FollowerHub:
                 self._drop(follower)
                 continue
             follower._take(fresh, last)
+            woken.append(follower)
+        return woken
 
     async def _wake_loop(self) -> None:
         while not self._closed:
