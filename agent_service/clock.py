@@ -16,7 +16,9 @@ def iso(dt: datetime | None) -> str | None:
     """Fixed-width UTC text so SQL ordering by string is ordering by time."""
     if dt is None:
         return None
-    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+    if dt.tzinfo is not UTC:  # most are UTC already (utcnow): no conversion for them
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="microseconds")
 
 
 def parse_iso(value: str | None) -> datetime | None:

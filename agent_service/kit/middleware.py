@@ -110,4 +110,4 @@ class RequestContextMiddleware:
                 route=getattr(route, "path", None), status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "task_id")  # task_id: bound by a submission

@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 
 import msgspec
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -82,6 +83,8 @@ async def invoke_async(request: Request) -> Response:
         api_key_id=getattr(caller, "api_key_id", None),
     )
     context.audit(request, "EXECUTE", "agent", agent_id, mode="async", task_id=accepted.task_id, replayed=replayed)
+    # the request's own log line (http.request) names its task: one INFO line per submission, not two
+    structlog.contextvars.bind_contextvars(task_id=accepted.task_id)
     headers = {"Location": accepted.status_url, **({"Idempotent-Replayed": "true"} if replayed else {})}
     return json_response(accepted, status=202, headers=headers)
 

@@ -122,7 +122,7 @@ async def _enqueue(
         if held:
             await usage.release(deps, owner_id, [sub.task_id])
         raise
-    log.info("task.queued", task_id=sub.task_id, agent=agent.name, kind=sub.kind)
+    log.debug("task.queued", task_id=sub.task_id, agent=agent.name, kind=sub.kind)
     return accepted
 
 

@@ -1,0 +1,105 @@
+"""kit/resp.py against a real valkey: the same replies as redis-py's own connection, errors as
+redis-py raises them, no read timer for replies already buffered, and a frozen server still timed out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio.connection as redis_connection
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError, TimeoutError
+
+from agent_service.cli.embedded import EmbeddedRedis
+from agent_service.kit.resp import BufferedParser, PackedConnection
+
+pytestmark = pytest.mark.sqlite_only  # no SQL here
+
+
+def client(url: str, *, timeout: float = 2.0) -> Redis:
+    pool = BlockingConnectionPool.from_url(url, connection_class=PackedConnection, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout, max_connections=4, timeout=timeout)
+    return Redis(connection_pool=pool)
+
+
+@pytest.fixture
+async def packed(redis_url: str) -> AsyncIterator[Redis]:
+    r = client(redis_url)
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+def timers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    """Every read timeout redis-py arms, by its length."""
+    armed: list[float] = []
+    real = redis_connection.async_timeout
+
+    def counting(delay: float | None) -> Any:
+        armed.append(delay or 0.0)
+        return real(delay)
+
+    monkeypatch.setattr(redis_connection, "async_timeout", counting)
+    yield armed
+
+
+async def test_pipeline_replies_are_those_of_redis_py_and_only_the_first_is_timed(packed: Redis,
+                                                                                 timers: list[float]) -> None:
+    await packed.ping()
+    timers.clear()
+    pipe = packed.pipeline(transaction=False)
+    for i in range(20):
+        pipe.set(f"resp:k{i}", i)
+        pipe.incr(f"resp:k{i}")
+        pipe.get(f"resp:k{i}")
+    replies = await pipe.execute()
+    assert replies == [x for i in range(20) for x in (True, i + 1, str(i + 1).encode())]
+    # one timer for the first reply (and for any read that found the buffer short), not sixty
+    assert 1 <= len(timers) <= 5, len(timers)
+    conn = await packed.connection_pool.get_connection()
+    try:
+        assert isinstance(conn._parser, BufferedParser)  # type: ignore[attr-defined]
+    finally:
+        await packed.connection_pool.release(conn)
+
+
+async def test_an_error_reply_inside_a_pipeline_is_raised_as_redis_py_does(packed: Redis) -> None:
+    await packed.set("resp:text", "not a number")
+    pipe = packed.pipeline(transaction=False)
+    pipe.get("resp:text")
+    pipe.incr("resp:text")
+    pipe.get("resp:text")
+    assert [type(r) for r in await pipe.execute(raise_on_error=False)] == [bytes, ResponseError, bytes]
+    pipe = packed.pipeline(transaction=False)
+    pipe.incr("resp:text")
+    with pytest.raises(ResponseError):
+        await pipe.execute()
+    assert await packed.get("resp:text") == b"not a number"  # the connection is still in step
+
+
+async def test_a_frozen_server_still_times_out(tmp_path_factory: pytest.TempPathFactory) -> None:
+    frozen = EmbeddedRedis(tmp_path_factory.mktemp("frozen"), appendonly=False).start(stdout=subprocess.DEVNULL)
+    r = client(frozen.url, timeout=0.5)
+    assert frozen.process is not None
+    pid = frozen.process.pid
+    try:
+        await r.ping()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pipe = r.pipeline(transaction=False)
+            pipe.set("a", 1)
+            pipe.get("a")
+            with pytest.raises(TimeoutError):
+                await pipe.execute()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await r.get("a") in (None, b"1")  # back: a fresh connection answers
+    finally:
+        with contextlib.suppress(Exception):
+            await r.aclose()
+        frozen.stop()
