@@ -7,11 +7,13 @@ line of a process has one format.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import msgspec
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
@@ -33,6 +35,24 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _fallback(obj: Any) -> Any:
+    """What JSON has no type for: as structlog's own renderer shows it."""
+    own = getattr(obj, "__structlog__", None)
+    return own() if callable(own) else repr(obj)
+
+
+_line_encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def _dumps(event: dict[str, Any], **_: Any) -> str:
+    """A line's JSON, compact, by msgspec (several times cheaper than json.dumps, on every request);
+    what msgspec cannot encode (a dict with non-text keys) goes to json.dumps as before."""
+    try:
+        return _line_encoder.encode(event).decode()
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(event, default=_fallback)
+
+
 def configure_logging(settings: Settings, process: str = "app", *, stream: TextIO | None = None,
                       level: str | None = None) -> None:
     use_json = settings.log_json if settings.log_json is not None else not sys.stdout.isatty()
@@ -44,7 +64,7 @@ def configure_logging(settings: Settings, process: str = "app", *, stream: TextI
         _redact,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if use_json
         else structlog.dev.ConsoleRenderer(
             colors=sys.stdout.isatty(), exception_formatter=structlog.dev.plain_traceback

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.logs import logged
 from tests.support.processes import Live
 from tests.support.waiting import wait_until
 
@@ -46,7 +47,7 @@ def test_seed_flow_queue_poll_success(live_service: Live) -> None:
     s, _ = poll(live, task_id, {"SUCCESS", "FAILURE"})
     assert (s["state"], s["status"], s["progress"]) == ("SUCCESS", "completed", 100)
     assert s["result"]["content"] == "Hello from the queue"
-    assert f'"task_id": "{task_id}"' in live.worker.output()
+    assert logged(live.worker.output(), task_id=task_id)
 
 
 def test_progress_is_seen_mid_run_on_a_slow_streaming_job(live_service: Live) -> None:
@@ -108,6 +109,5 @@ def test_request_id_reaches_the_worker_log(live_service: Live) -> None:
                       headers={**live.headers, "X-Request-ID": "e2e-trace-1"})
     assert resp.headers["x-request-id"] == "e2e-trace-1"
     poll(live, resp.json()["task_id"], {"SUCCESS"})
-    assert '"request_id": "e2e-trace-1"' in live.web.output()
-    worker_lines = live.worker.output().splitlines()
-    assert any('"job.succeeded"' in ln and '"request_id": "e2e-trace-1"' in ln for ln in worker_lines)
+    assert logged(live.web.output(), request_id="e2e-trace-1")
+    assert logged(live.worker.output(), event="job.succeeded", request_id="e2e-trace-1")

@@ -12,6 +12,7 @@ from agent_service.config import Settings
 from agent_service.kit import serializer
 from agent_service.tasks.policy import backoff_delay
 from tests.support.apps import Client, app_client
+from tests.support.logs import matching
 from tests.support.tasks import finished, status, submit
 from tests.support.waiting import wait_for
 
@@ -123,8 +124,8 @@ async def test_request_id_is_carried_into_the_job(client: Client, settings: Sett
                              headers={"X-Request-ID": "trace-42"})
     s = await finished(client, resp.json()["task_id"])
     assert s["state"] == "SUCCESS"
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if '"job.succeeded"' in ln]
-    assert lines and all('"request_id": "trace-42"' in ln for ln in lines)
+    lines = matching(capsys.readouterr().out, event="job.succeeded")
+    assert lines and all(ln.get("request_id") == "trace-42" for ln in lines)
 
 
 async def test_hard_limit_is_enforced_by_arq(make_settings, start_worker: Start):  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ import pytest
 
 from agent_service.cli.embedded import EmbeddedRedis
 from agent_service.cli.embedded_postgres import EmbeddedPostgres
+from tests.support.logs import logged, matching
 from tests.support.stack import (
     HTTP_TIMEOUT,
     Machine,
@@ -128,11 +129,7 @@ def tokens(base: str, email: str, password: str) -> dict[str, Any]:
 
 def succeeded_in(machine: Machine, task_id: str) -> int:
     """How many `job.succeeded` lines this worker logged for the task."""
-    count = 0
-    for line in machine.output().splitlines():
-        if '"job.succeeded"' in line and f'"task_id": "{task_id}"' in line:
-            count += 1
-    return count
+    return len(matching(machine.output(), event="job.succeeded", task_id=task_id))
 
 
 @pytest.mark.timeout(120)
@@ -191,7 +188,7 @@ def test_tasks_cancel_events_and_logout_cross_machines(stack: Stack) -> None:
     for m in stack.machines:
         assert not list(m.dir.rglob("*.db")), list(m.dir.rglob("*"))
     for m in stack.machines:
-        assert "Traceback" not in m.output() and '"status": 500' not in m.output(), m.tail()
+        assert "Traceback" not in m.output() and not logged(m.output(), status=500), m.tail()
 
 
 def cron_rows(stack: Stack) -> list[dict[str, Any]]:
@@ -221,8 +218,8 @@ def test_a_cron_slot_runs_once_with_two_workers(stack: Stack) -> None:
     assert len(runs) == 1, runs
     assert runs[0]["actor"] == "system" and runs[0]["status"] == 200
 
-    done_lines = [ln for w in stack.workers for ln in w.output().splitlines()
-                  if '"maintenance.done"' in ln and f'"job": "{CRON_JOB}"' in ln and f'"slot": "{slot}"' in ln]
+    done_lines = [ln for w in stack.workers for ln in matching(w.output(), event="maintenance.done", job=CRON_JOB,
+                                                                 slot=slot)]
     assert len(done_lines) == 1, done_lines
 
     resp = httpx.get(f"{stack.web_a.base}/api/v1/jobs/maintenance", headers=stack.admin, timeout=HTTP_TIMEOUT)
