@@ -117,6 +117,9 @@ async def test_concurrent_statements_and_transactions_never_interleave(db: Sqlit
 async def test_a_slow_statement_runs_off_the_loop_from_then_on(db: SqliteDatabase) -> None:
     slow = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 400000)"
             " SELECT COUNT(*) FROM n")
+    for _ in range(db_sqlite.SLOW_STRIKES - 1):  # one slow run may be a GC pass: not yet
+        assert (await db.fetchone(slow))[0] == 400000  # type: ignore[index]
+    assert slow not in db._slow
     assert (await db.fetchone(slow))[0] == 400000  # type: ignore[index]
     assert slow in db._slow
     assert (await db.fetchone(slow))[0] == 400000  # type: ignore[index]  # the thread's answer is the same
