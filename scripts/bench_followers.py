@@ -12,12 +12,17 @@ the thousand are held and streaming; every follower must see exactly its task's 
 to the end.
 
 Printed: followers held, Redis connections of the web process (before the followers, while they
-are held), first-event latency p50/p99 (request sent -> first event) of the thousand opened at once and of
-the late ones, live latency p50/p99 (an
-event's stream id is the Redis clock at XADD -> received by the client; same machine, same clock)
-and whether every follower saw every event. The client shares the machine's CPUs with the server.
+are held), first-event latency p50/p99 (request sent -> first event) of the thousand opened at
+once and of the late ones, live latency p50/p99 (an event's stream id is the Redis clock at XADD
+-> received by the client; same machine, same clock) and whether every follower saw every event.
+The client shares the machine's CPUs with the server.
+
+The anchor, in the same run: the plain design (scripts/anchors/follow_naive.py: an SSE route
+blocking on the task's stream with a Redis connection of its own, no auth), followed the same way
+on ten more tasks of the same worker; then the ratios.
 
     .venv/bin/python scripts/bench_followers.py [--followers 1000] [--tasks 10] [--chunks 20] [--delay 0.25]
+                                                [--late 200] [--late-rate 100] [--no-anchor]
 """
 
 from __future__ import annotations
@@ -68,11 +73,11 @@ def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
     return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_ok(url: str, proc: subprocess.Popen[bytes], log: Path, status: int = 200) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == status:
                 return
         except httpx.HTTPError:
             pass
@@ -171,8 +176,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, port: int, key: str, task_ids: list[str], redis_url: str, web_pid: int,
-              start_worker: Callable[[], subprocess.Popen[bytes]]) -> int:
+async def run(args: argparse.Namespace, name: str, port: int, key: str, task_ids: list[str], redis_url: str,
+              web_pid: int, start_worker: Callable[[], subprocess.Popen[bytes]]) -> dict[str, float]:
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     followers = [Follower(task_ids[i % len(task_ids)]) for i in range(args.followers)]
     before = web_redis_connections(web_pid, redis_port)
@@ -224,7 +229,7 @@ async def run(args: argparse.Namespace, port: int, key: str, task_ids: list[str]
     late_ms = [(f.first - f.sent) * 1000 for f in late if f.first is not None]
     live = [ms for f in followers for ms in f.live_ms]
     errors = [f.error for f in everyone if f.error]
-    print(f"followers: {args.followers} opened at once on {len(task_ids)} tasks ({args.chunks} chunks, "
+    print(f"{name}: {args.followers} followers opened at once on {len(task_ids)} tasks ({args.chunks} chunks, "
           f"{args.delay:g} s apart); one web process; {os.cpu_count()} CPUs shared with this client")
     print(f"  followers held at once:            {held} (all holding their first event {opened_in:.1f} s "
           f"after the first request)")
@@ -240,7 +245,30 @@ async def run(args: argparse.Namespace, port: int, key: str, task_ids: list[str]
     print(f"  every follower saw every event: {'yes' if ok else 'no'} ({len(complete)}/{len(everyone)} complete)")
     for e in sorted(set(errors))[:5]:
         print(f"    error: {e} (x{errors.count(e)})")
-    return 0 if ok else 1
+    return {"ok": float(ok), "connections": float(during), "late_p99": pct(late_ms, 0.99),
+            "late_p50": pct(late_ms, 0.5), "live_p99": pct(live, 0.99), "live_p50": pct(live, 0.5),
+            "burst_p99": pct(first_ms, 0.99)}
+
+
+def submit_tasks(base: str, key: str, args: argparse.Namespace) -> list[str]:
+    """T streaming echo tasks, queued while no worker runs."""
+    words = " ".join(f"w{i}" for i in range(args.chunks))
+    body = {"message": words, "stream": True, "metadata": {"delay": args.delay}}
+    task_ids = []
+    for _ in range(args.tasks):
+        resp = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json=body, headers={"X-API-Key": key}, timeout=10)
+        if resp.status_code != 202:
+            raise SystemExit(f"submit: {resp.status_code} {resp.text[:300]}")
+        task_ids.append(resp.json()["task_id"])
+    return task_ids
+
+
+def compare(ours: dict[str, float], anchor: dict[str, float]) -> None:
+    print("ours / plain design (one blocked Redis connection per follower, no auth, no slots):")
+    for label, k in (("Redis connections while held", "connections"), ("late first event p99", "late_p99"),
+                     ("live event p50", "live_p50"), ("live event p99", "live_p99")):
+        ratio = ours[k] / anchor[k] if anchor[k] else float("nan")
+        print(f"  {label:<30} {ours[k]:8.1f} vs {anchor[k]:8.1f}   ratio {ratio:.2f}")
 
 
 def main() -> None:
@@ -253,6 +281,7 @@ def main() -> None:
     ap.add_argument("--late-rate", type=float, default=100.0, help="late followers opened per second")
     ap.add_argument("--late-after", type=float, default=2.0, help="seconds after the worker starts")
     ap.add_argument("--timeout", type=float, default=90.0, help="the whole follow must end within this")
+    ap.add_argument("--no-anchor", action="store_true", help="only this service (not the plain design too)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.followers + 512
@@ -280,20 +309,32 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ok(f"{base}/health/live", web, web_log)
-        words = " ".join(f"w{i}" for i in range(args.chunks))
-        body = {"message": words, "stream": True, "metadata": {"delay": args.delay}}
-        task_ids = []
-        for _ in range(args.tasks):
-            resp = httpx.post(f"{base}/api/v1/agents/echo/invoke-async", json=body, headers={"X-API-Key": key},
-                              timeout=10)
-            if resp.status_code != 202:
-                raise SystemExit(f"submit: {resp.status_code} {resp.text[:300]}")
-            task_ids.append(resp.json()["task_id"])
+        task_ids = submit_tasks(base, key, args)
 
         def start_worker() -> subprocess.Popen[bytes]:
             return spawn([sys.executable, "-m", "agent_service", "worker"], env, tmp / "worker.log")
 
-        code = asyncio.run(run(args, port, key, task_ids, redis.url, web.pid, start_worker))
+        ours = asyncio.run(run(args, "this service", port, key, task_ids, redis.url, web.pid, start_worker))
+        code = 0 if ours["ok"] else 1
+        if not args.no_anchor:
+            # the same tasks' streams (written by this service's worker), followed the plain way
+            anchor_port = free_port()
+            anchor_log = tmp / "anchor.log"
+            anchors = str(ROOT / "scripts" / "anchors")
+            anchor = spawn([sys.executable, "-m", "uvicorn", "follow_naive:app", "--app-dir", anchors,
+                            "--host", "127.0.0.1", "--port", str(anchor_port), "--log-level", "warning",
+                            "--no-access-log"], {"REDIS_URL": redis.url, "EVENTS_PREFIX": f"{PREFIX}task:"}, anchor_log)
+            try:
+                wait_ok(f"http://127.0.0.1:{anchor_port}/api/v1/agents/tasks/none/events/x", anchor, anchor_log,
+                        status=404)
+                again = submit_tasks(base, key, args)
+                plain = asyncio.run(run(args, "plain design", anchor_port, key, again, redis.url, anchor.pid,
+                                        start_worker))
+                code = code or (0 if plain["ok"] else 1)
+                compare(ours, plain)
+            finally:
+                anchor.terminate()
+                anchor.wait(15)
     finally:
         web.terminate()
         try:

@@ -24,7 +24,8 @@ sleep as long; then the wake-up of an idle worker and what an idle worker costs.
 - **idle**: CPU of the idle worker process and the Redis commands it sends per second (all of
   them, and those that look for work: polls); the worker's resident memory.
 
-One run takes about 80 s (PostgreSQL's start included); `--runs 3` reports medians. `--profile DIR`
+One run takes about 80 s (PostgreSQL's start included); `--runs 3` reports medians; `--workers N`
+drains with N worker processes (the idle and wake-up figures are the first one's). `--profile DIR`
 records the service's worker with py-spy (collapsed stacks, GIL-holding samples).
 """
 
@@ -156,21 +157,23 @@ async def bench_service(backend: str, args: argparse.Namespace, pg: EmbeddedPost
         stamped.stamps = {}
         queue: JobQueue = stamped
         deps.provide(JobQueue.of, queue)
-        worker: subprocess.Popen[bytes] | None = None
+        workers: list[subprocess.Popen[bytes]] = []
         log = tmp / "worker.log"
         try:
             job_s = args.job_ms / 1000
             ids = [await submit_one(deps, i, job_s) for i in range(args.jobs)]
             profile = Path(args.profile) / f"worker-{backend}.txt" if args.profile else None
-            worker = start_worker(env, log, profile=profile)
+            workers = [start_worker(env, log if i == 0 else tmp / f"worker-{i}.log",
+                                    profile=profile if i == 0 else None) for i in range(args.workers)]
             drain = await drain_of(deps, ids, limit=60 + 3 * args.jobs * job_s, log=log)
             drain.problems += await check_tasks(deps, ids)
             await asyncio.sleep(2.0)  # the last writes settle, and the idle fallback reaches its ceiling
-            idle = await measure_idle(redis.url, args.idle_seconds, worker_pid(worker))
+            idle = await measure_idle(redis.url, args.idle_seconds, worker_pid(workers[0]))
             wake = await wake_up(deps, stamped, args.wake_samples)
         finally:
-            if worker is not None:
+            for worker in workers:
                 os.kill(worker_pid(worker), signal.SIGTERM)  # py-spy, if profiling, writes once its child ends
+            for worker in workers:
                 try:
                     worker.wait(30)
                 except subprocess.TimeoutExpired:
@@ -248,10 +251,11 @@ async def wake_up(deps: Deps, stamped: StampedQueue, samples: int) -> Wake:
 
 
 def report(args: argparse.Namespace, settings: Settings, results: dict[str, list[Column]], elapsed: float) -> None:
-    limit = args.slots / (args.job_ms / 1000)
+    limit = args.workers * args.slots / (args.job_ms / 1000)
     runs = f"median of {args.runs} runs" if args.runs > 1 else "1 run"
+    workers = f"{args.workers} worker processes x " if args.workers > 1 else ""
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; {args.jobs} jobs of {args.job_ms:g} ms, "
-          f"{args.slots} slots; {runs}; {elapsed:.0f} s in all")
+          f"{workers}{args.slots} slots; {runs}; {elapsed:.0f} s in all")
     names = list(results)
     width = 16
 
@@ -326,6 +330,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000, help="jobs drained per column (default 1000)")
     parser.add_argument("--slots", type=int, default=10, help="worker slots (default 10)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="this service's worker processes, each with --slots (default 1; anchors keep one)")
     parser.add_argument("--job-ms", type=float, default=25, help="job time, ms (default 25)")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians (default 1)")
     parser.add_argument("--database", default="sqlite,postgresql", help="this service's backends")
