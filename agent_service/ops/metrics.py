@@ -33,6 +33,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TASK_KIND = "task_kind"
 
 
+SERIES_CACHED = 4096
+
+
 class HttpMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -40,10 +43,20 @@ class HttpMetrics:
                                 ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("http_request_duration_seconds", "HTTP request latency by route template",
                                  ["method", "route"], registry=self.registry)
+        # the labelled series of each (method, route, status), looked up once: labels() takes a
+        # lock and builds its key on every call, on every request
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route_template: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route_template, str(status)).inc()
-        self.latency.labels(method, route_template).observe(seconds)
+        key = (method, route_template, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (self.requests.labels(method, route_template, str(status)),
+                      self.latency.labels(method, route_template))
+            if len(self._series) < SERIES_CACHED:
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 @dataclass
