@@ -129,18 +129,19 @@ async def test_a_slow_statement_runs_off_the_loop_from_then_on(db: SqliteDatabas
 async def test_writes_on_the_loop_are_checkpointed(db: SqliteDatabase, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(db_sqlite, "CHECKPOINT_ROWS", 50)
-    for i in range(200):
-        await db.execute("INSERT INTO t (v) VALUES (?)", (str(i),))
-        await asyncio.sleep(0)  # the checkpoint task runs between statements, as under any load
-    for _ in range(100):
-        if db._checkpoint is None:
-            break
-        await asyncio.sleep(0.01)
+    for burst in range(4):
+        for i in range(60):  # each burst passes CHECKPOINT_ROWS once: a checkpoint starts
+            await db.execute("INSERT INTO t (v) VALUES (?)", (f"{burst}-{i}",))
+        for _ in range(500):  # it runs on a thread of its own, while the loop goes on
+            if db._checkpoint is None:
+                break
+            await asyncio.sleep(0.01)
+        assert db._checkpoint is None
     other = holder(tmp_path / "two.db")
     busy, frames, checkpointed = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     other.close()
-    # without the checkpoints (the loop's connection never makes one) all 200 commits would be in
-    # the WAL since the first; with them, the log restarted and holds only the last few
+    # without the checkpoints (the loop's connection never makes one) all 240 commits would be in
+    # the WAL; with them, each burst's first write found the log copied and started it afresh
     assert busy == 0 and frames < 150, (frames, checkpointed)
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from agent_service.errors import ConfigError
-from agent_service.kit.db import DatabaseUnavailable, Dialect, Row, Tx
+from agent_service.kit.db import Dialect, Row, Tx
 from agent_service.kit.db_sqlite_conn import Busy, LoopTx, ThreadTx
 from agent_service.kit.private_files import create_private_file, make_private_dir
 from agent_service.logging import get_logger
@@ -43,7 +43,8 @@ class SqliteDatabase:
     dialect: Dialect = "sqlite"
     for_update = ""  # BEGIN IMMEDIATE already holds the file's write lock
 
-    def __init__(self, loop_conn: sqlite3.Connection, thread_conn: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, loop_conn: sqlite3.Connection, thread_conn: aiosqlite.Connection) -> None:
+        self._path = path
         self._loop = LoopTx(loop_conn, fallback=True)
         self._loop_tx = LoopTx(loop_conn, fallback=False)
         self._thread = ThreadTx(thread_conn)
@@ -72,12 +73,12 @@ class SqliteDatabase:
             await conn.execute(f"PRAGMA {pragma}")
         # the loop's connection never sleeps on a lock, and never checkpoints as a side effect of
         # a commit (a checkpoint writes the database file and syncs it): `_maybe_checkpoint` runs
-        # those on the thread's connection
+        # those on a thread
         loop_conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
         loop_conn.row_factory = sqlite3.Row
         for pragma in ("busy_timeout = 0", "wal_autocheckpoint = 0", *_PRAGMAS):
             loop_conn.execute(f"PRAGMA {pragma}")
-        return cls(loop_conn, conn)
+        return cls(path, loop_conn, conn)
 
     async def close(self) -> None:
         if self._checkpoint is not None:
@@ -182,11 +183,23 @@ class SqliteDatabase:
 
     async def _run_checkpoint(self) -> None:
         try:
-            async with self._lock:
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self._thread.fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            await asyncio.to_thread(_checkpoint, self._path)
         finally:
             self._checkpoint = None
+
+
+def _checkpoint(path: str) -> None:
+    """A passive checkpoint on a connection of its own, on a thread and outside the statement lock:
+    it copies the WAL into the database file and syncs it, which can take milliseconds that no
+    statement should wait for, and it waits for no one (a reader or another checkpoint: next time)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("db.checkpoint_skipped", error=type(exc).__name__)
 
 
 async def _rollback(tx: LoopTx | ThreadTx) -> None:
