@@ -129,20 +129,19 @@ async def open_stream(
     """Start the agent's stream and wait for its first item, so that bad input or an unavailable
     agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
     agent = resolve_agent(deps, agent_id)
-    source = agent.stream(await _input(deps, agent, req, owner_id))
+    data = await _input(deps, agent, req, owner_id)
     ref, metered = uuid.uuid4().hex, deps.part(meter)
-    try:
-        await metered.before(owner_id, ref)
-    except BaseException:  # broad: refused (budget) or cancelled, the agent's generator is closed, then re-raised
-        await source.aclose()  # type: ignore[attr-defined]
-        raise
+    await metered.before(owner_id, ref)  # refused (budget) before the agent's stream exists
     # one deadline for the whole stream: a slow-dripping agent cannot hold a connection forever
     deadline = asyncio.get_running_loop().time() + deps.settings.stream_time_limit
+    source: AsyncIterator[Any] | None = None
     try:
+        source = agent.stream(data)
         async with asyncio.timeout_at(deadline):
             first = await anext(source, None)
     except BaseException as exc:  # broad: any end before the first item closes the agent and frees the hold
-        await source.aclose()  # type: ignore[attr-defined]
+        if source is not None:
+            await source.aclose()  # type: ignore[attr-defined]
         await metered.after(owner_id, ref, agent.name, None)
         if isinstance(exc, TimeoutError):
             raise GatewayTimeout("The agent did not start answering within STREAM_TIME_LIMIT.") from None

@@ -7,14 +7,20 @@ replay with the same fingerprint gets the stored answer, a different body is a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
 
-from agent_service.errors import Conflict
+from agent_service.errors import AppError, Conflict
 from agent_service.kit.redis import redis_guard
+from agent_service.logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T", bound=msgspec.Struct)
 
 TTL_SECONDS = 24 * 3600
 WAIT_FOR_FIRST = 3.0  # a concurrent duplicate waits this long for the first request to finish
@@ -77,3 +83,23 @@ class IdempotencyStore:
     @redis_guard
     async def abandon(self, principal: str, key: str) -> None:
         await self._redis.delete(self._key(principal, key))
+
+    async def once(self, principal: str, key: str, fp: str, work: Callable[[], Awaitable[T]], *,
+                   answer: type[T], status: int = 202) -> tuple[T, bool]:
+        """`work()` once per key: (its answer, False), or (the first request's answer, True) for a
+        replay. Work that fails or is cancelled frees the key for the client's retry; once it is
+        done the client hears its answer whatever Redis does next."""
+        stored = await self.begin(principal, key, fp)
+        if stored is not None:
+            return msgspec.convert(stored.body, answer), True
+        try:
+            done = await work()
+        except BaseException:  # broad: nothing was done, however it stopped (an error, a cancel): the key goes
+            with contextlib.suppress(AppError):
+                await self.abandon(principal, key)
+            raise
+        try:
+            await self.complete(principal, key, fp, status, msgspec.to_builtins(done))
+        except AppError:  # a retry with the key then waits out the claim and hears "still being processed"
+            log.warning("idempotency.complete_failed", answer=answer.__name__)
+        return done, False

@@ -12,7 +12,6 @@ stale; `batch.completed` is fired by the webhooks domain when it sees the batch'
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -94,20 +93,7 @@ async def submit_batch(
         return await go(), False
     idem = IdempotencyStore(deps.redis, prefix=deps.prefix)
     fp = fingerprint("batch", agent.name, msgspec.json.encode(body))
-    stored = await idem.begin(owner_id, idempotency_key, fp)
-    if stored is not None:
-        return msgspec.convert(stored.body, BatchAccepted), True
-    try:
-        accepted = await go()
-    except BaseException:  # nothing queued: the key is free for the client's retry
-        with contextlib.suppress(AppError):
-            await idem.abandon(owner_id, idempotency_key)
-        raise
-    try:
-        await idem.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
-    except AppError:  # queued: the client hears 202 whatever Redis does now
-        log.warning("idempotency.complete_failed", batch_id=accepted.batch_id)
-    return accepted, False
+    return await idem.once(owner_id, idempotency_key, fp, go, answer=BatchAccepted)
 
 
 async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[datetime | None], *, owner_id: str,
@@ -120,7 +106,6 @@ async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[
         subs.append(sub)
     ids = [s.task_id for s in subs]
     latest = max((r for r in runs_at if r is not None), default=None)
-    held = await usage.reserve(deps, owner_id, ids, run_at=latest)  # the whole batch fits, or 429 and nothing queued
     hook = None
     if body.webhook is not None:
         hook = StoredTaskWebhook(url=body.webhook.url, events=BATCH_EVENTS,
@@ -128,12 +113,8 @@ async def _queue(deps: Deps, agent_name: str, body: BatchRequest, runs_at: list[
     batch = BatchRecord(id=f"batch_{uuid.uuid4().hex}", owner_id=owner_id, agent_id=agent.name, size=len(subs),
                         webhook=msgspec.json.encode(hook).decode() if hook else None, request_id=request_id,
                         created_at=deps.clock(), cancelled_at=None, completed_at=None)
-    try:
+    async with usage.holding(deps, owner_id, ids, run_at=latest):  # the whole batch fits, or 429 and nothing queued
         await batch_lifecycle.submit_batch(deps, batch, subs)
-    except BaseException:  # broad: nothing queued, however it failed: the budget holds go back
-        if held:
-            await usage.release(deps, owner_id, ids)
-        raise
     log.info("batch.queued", batch_id=batch.id, agent=agent.name, size=batch.size)
     return BatchAccepted(batch_id=batch.id, task_ids=[s.task_id for s in subs], status_url=status_url(deps, batch.id),
                          webhook_secret=hook.secret if hook else None)

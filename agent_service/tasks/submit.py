@@ -4,7 +4,6 @@ anything is queued, honour scheduling and priority, and make retried submissions
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -21,7 +20,7 @@ from agent_service.agents.schemas import (
     validate_input,
 )
 from agent_service.agents.service import resolve_agent, to_app_error
-from agent_service.errors import AppError, ValidationFailed
+from agent_service.errors import ValidationFailed
 from agent_service.kit import serializer, ssrf, tracing
 from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
@@ -75,23 +74,12 @@ async def enqueue(
                               api_key_id=api_key_id), False
     store = IdempotencyStore(deps.redis, prefix=deps.prefix)
     fp = fingerprint(agent.name, msgspec.json.encode(req))
-    stored = await store.begin(owner_id, idempotency_key, fp)
-    if stored is not None:
-        return msgspec.convert(stored.body, TaskAccepted), True
-    try:
-        accepted = await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
-                                  api_key_id=api_key_id)
-    except BaseException:  # nothing queued (error or cancel): free the key for the client's retry
-        with contextlib.suppress(AppError):
-            await store.abandon(owner_id, idempotency_key)
-        raise
-    try:
-        await store.complete(owner_id, idempotency_key, fp, 202, msgspec.to_builtins(accepted))
-    except AppError:
-        # the job is queued: the client hears 202 whatever Redis does now (a retry with the key
-        # then waits out the claim and is told the request is still being processed)
-        log.warning("idempotency.complete_failed", task_id=accepted.task_id)
-    return accepted, False
+
+    async def go() -> TaskAccepted:
+        return await _enqueue(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
+                              api_key_id=api_key_id)
+
+    return await store.once(owner_id, idempotency_key, fp, go, answer=TaskAccepted)
 
 
 async def check(deps: Deps, agent: Agent, req: InvokeAsyncRequest, *, owner_id: str) -> datetime | None:
@@ -115,13 +103,8 @@ async def _enqueue(
 ) -> TaskAccepted:
     sub, accepted = build(deps, agent, req, run_at, owner_id=owner_id, request_id=request_id, tier=tier,
                           api_key_id=api_key_id)
-    held = await usage.reserve(deps, owner_id, [sub.task_id], run_at=run_at)  # 429 before anything is queued
-    try:
+    async with usage.holding(deps, owner_id, [sub.task_id], run_at=run_at):  # 429 before anything is queued
         await lifecycle.submit(deps, sub)
-    except BaseException:  # broad: nothing queued, however it failed: the budget hold goes back
-        if held:
-            await usage.release(deps, owner_id, [sub.task_id])
-        raise
     log.debug("task.queued", task_id=sub.task_id, agent=agent.name, kind=sub.kind)
     return accepted
 

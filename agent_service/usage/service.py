@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -94,6 +94,20 @@ async def reserve(deps: Deps, owner_id: str, refs: Sequence[str], *, run_at: dat
     if got.ok != 1:
         raise _refused(deps, limit, got.used, got.reserved, each * len(refs))
     return True
+
+
+@contextlib.asynccontextmanager
+async def holding(deps: Deps, owner_id: str, refs: Sequence[str], *, run_at: datetime | None = None,
+                  ) -> AsyncIterator[None]:
+    """`reserve` for a submission's tasks around the work that queues them (429 before anything
+    is); if that work fails or is cancelled, nothing was queued and the holds go back."""
+    held = await reserve(deps, owner_id, refs, run_at=run_at)
+    try:
+        yield
+    except BaseException:  # broad: nothing queued, however it failed (an error, a cancel)
+        if held:
+            await release(deps, owner_id, refs)
+        raise
 
 
 async def release(deps: Deps, owner_id: str | None, refs: Sequence[str]) -> None:
