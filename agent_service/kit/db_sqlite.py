@@ -22,11 +22,19 @@ from agent_service.logging import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
-_PRAGMAS = ("synchronous = NORMAL", "foreign_keys = ON")
+# journal_size_limit: the WAL file is cut back to this size each time the log restarts
+WAL_KEEP_BYTES = 64 * 1024 * 1024
+_PRAGMAS = ("synchronous = NORMAL", "foreign_keys = ON", f"journal_size_limit = {WAL_KEEP_BYTES}")
 SLOW_SECONDS = 0.002  # a statement that held the loop this long, SLOW_STRIKES times in a row, moves to the thread
 SLOW_STRIKES = 3
 SLOW_MEMO = 512
 CHECKPOINT_ROWS = 2000  # rows changed on the loop's connection between two checkpoints
+# A log this long (in pages) after a passive checkpoint gets a RESTART checkpoint. Under steady
+# writes a passive one never catches up with the end of the log, so the log never starts afresh:
+# measured, it grew by 300 MB per 30 000 requests, and each page read searching an index of
+# every frame made the request path 30 % slower round after round.
+RESTART_FRAMES = 16384
+RESTART_WAIT_MS = 2000  # how long a RESTART checkpoint waits for writers and readers to let go
 
 
 class SqliteDatabase:
@@ -191,11 +199,18 @@ class SqliteDatabase:
 def _checkpoint(path: str) -> None:
     """A passive checkpoint on a connection of its own, on a thread and outside the statement lock:
     it copies the WAL into the database file and syncs it, which can take milliseconds that no
-    statement should wait for, and it waits for no one (a reader or another checkpoint: next time)."""
+    statement should wait for, and it waits for no one (a reader or another checkpoint: next time).
+
+    When the log is still long after it, a RESTART checkpoint copies the few frames written
+    meanwhile with new writers held off (ours meet SQLITE_BUSY and wait on the other
+    connection), so the next write starts the log from its beginning."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=0)
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames >= RESTART_FRAMES:
+                conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:

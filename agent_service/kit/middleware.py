@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 import structlog
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_service.kit import route_table
+from agent_service.kit import ids, route_table
 from agent_service.kit.problems import internal_error
 from agent_service.logging import get_logger
 
@@ -29,7 +28,7 @@ def request_id_from(scope: Scope) -> str:
             if _VALID_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return ids.time_ordered()
 
 
 _OWN_HEADERS = frozenset({b"x-request-id"})

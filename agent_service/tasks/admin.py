@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 import msgspec
 
 from agent_service.errors import Conflict, NotFound
+from agent_service.kit import ids
 from agent_service.kit.deps import Deps
 from agent_service.kit.maintenance import find, registry
 from agent_service.tasks import lifecycle, maintenance, queue
@@ -31,7 +30,7 @@ async def trigger_maintenance(deps: Deps, name: str, *, owner_id: str, request_i
     job = find(deps, name)
     if job is None:
         raise NotFound(f"No maintenance job named {name!r}.", code="job_not_found")
-    task_id = uuid.uuid4().hex
+    task_id = ids.time_ordered()
     await lifecycle.submit(deps, lifecycle.Submission(
         task_id=task_id, kind="maintenance", function=job.function_name(deps.prefix), payload={"task_id": task_id},
         agent_id=job.name, owner_id=owner_id, request_id=request_id,

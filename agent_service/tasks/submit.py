@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import uuid
 from datetime import datetime, timedelta
 
 import msgspec
@@ -21,7 +20,7 @@ from agent_service.agents.schemas import (
 )
 from agent_service.agents.service import resolve_agent, to_app_error
 from agent_service.errors import ValidationFailed
-from agent_service.kit import serializer, ssrf, tracing
+from agent_service.kit import ids, serializer, ssrf, tracing
 from agent_service.kit.deps import Deps
 from agent_service.kit.idempotency import IdempotencyStore, fingerprint
 from agent_service.logging import get_logger
@@ -114,7 +113,7 @@ def build(
     request_id: str | None, tier: str, api_key_id: str | None = None,
 ) -> tuple[lifecycle.Submission, TaskAccepted]:
     """The task of a checked request (its record and job, not written yet) and the answer to give."""
-    task_id = uuid.uuid4().hex
+    task_id = ids.time_ordered()
     kind = queue.KIND_STREAM if req.stream else queue.KIND_INVOKE
     tracing.annotate(task_id=task_id, agent=agent.name, kind=kind)
     payload = AgentJob(
