@@ -3,6 +3,7 @@ redis-py raises them, no read timer for replies already buffered, and a frozen s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis._parsers.hiredis as hiredis_parser
 import redis.asyncio.connection as redis_connection
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError, TimeoutError
@@ -103,3 +105,55 @@ async def test_a_frozen_server_still_times_out(tmp_path_factory: pytest.TempPath
         with contextlib.suppress(Exception):
             await r.aclose()
         frozen.stop()
+
+
+async def bounded(check: Any, what: str) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_checkout_waits_for_nothing(packed: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    armed: list[float | None] = []
+    real = hiredis_parser.async_timeout
+
+    def counting(delay: float | None) -> Any:
+        armed.append(delay)
+        return real(delay)
+
+    monkeypatch.setattr(hiredis_parser, "async_timeout", counting)
+    for i in range(10):
+        await packed.set("resp:checkout", i)
+    assert await packed.get("resp:checkout") == b"9"
+    assert armed == []  # redis-py's parser arms a zero timeout (and waits a loop turn) on every checkout
+
+
+async def test_a_pooled_connection_with_stale_bytes_is_replaced(packed: Redis) -> None:
+    await packed.set("resp:stale", "the value")
+    pool = packed.connection_pool
+    conn = await pool.get_connection()
+    await conn.send_command("PING")  # its reply is never read: the connection is out of step
+    stream = conn._parser._stream  # type: ignore[attr-defined]
+    await bounded(lambda: bool(stream._buffer), "the PONG arrived")
+    await pool.release(conn)
+    assert await packed.get("resp:stale") == b"the value"  # not the stale PONG
+    assert await packed.ping() is True
+
+
+async def test_a_pooled_connection_closed_by_the_server_is_replaced(packed: Redis, redis_url: str) -> None:
+    pool = packed.connection_pool
+    conn = await pool.get_connection()
+    await conn.send_command("CLIENT", "ID")
+    client_id = await conn.read_response()
+    stream = conn._parser._stream  # type: ignore[attr-defined]
+    await pool.release(conn)
+    other = client(redis_url)
+    try:
+        assert await other.client_kill_filter(_id=client_id) == 1
+    finally:
+        await other.aclose()
+    await bounded(stream.at_eof, "the server's close arrived")
+    assert await packed.set("resp:after-kill", "yes") is True
+    assert await packed.get("resp:after-kill") == b"yes"
