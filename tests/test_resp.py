@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -157,3 +159,57 @@ async def test_a_pooled_connection_closed_by_the_server_is_replaced(packed: Redi
     await bounded(stream.at_eof, "the server's close arrived")
     assert await packed.set("resp:after-kill", "yes") is True
     assert await packed.get("resp:after-kill") == b"yes"
+
+
+class ResettingHop:
+    """A TCP hop to valkey whose client side can be reset (RST), as a load balancer's or a NAT's
+    idle timeout does: asyncio then keeps the error in the stream, neither bytes nor an EOF."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.clients: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.clients.append(down_w)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(down_r, up_w), pipe(up_r, down_w))
+
+    def reset(self) -> None:
+        for writer in self.clients:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_pooled_connection_reset_by_the_peer_is_replaced(redis_url: str) -> None:
+    hop = ResettingHop(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    r = client(f"redis://127.0.0.1:{await hop.start()}")
+    try:
+        await r.set("resp:reset", "kept")
+        conn = await r.connection_pool.get_connection()
+        stream = conn._parser._stream  # type: ignore[attr-defined]
+        await r.connection_pool.release(conn)
+        hop.reset()
+        await bounded(lambda: stream.exception() is not None, "the reset arrived")
+        assert not stream.at_eof() and not stream._buffer  # what the check must still catch
+        assert await r.get("resp:reset") == b"kept"  # a fresh connection, not a failed request
+    finally:
+        await r.aclose()
+        await hop.close()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent_service.errors import ConfigError
 from agent_service.kit import db_sqlite
@@ -174,12 +175,59 @@ async def test_a_checkpoint_left_behind_by_new_writes_restarts_the_log(db: Sqlit
     reader.execute("SELECT count(*) FROM t").fetchone()
     for i in range(100):
         await db.execute("INSERT INTO t (v) VALUES (?)", (f"after {i}",))
-    threading.Timer(0.2, reader.rollback).start()  # the reader finishes while the RESTART waits for it
+    issued: list[str] = []
+    real_connect = sqlite3.connect
+
+    def on_statement(sql: str) -> None:
+        issued.append(sql)
+        if "RESTART" in sql:  # the reader finishes while the RESTART waits for it
+            reader.rollback()
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(on_statement)
+        return conn
+
+    monkeypatch.setattr(db_sqlite.sqlite3, "connect", traced)
     try:
         await asyncio.to_thread(db_sqlite._checkpoint, str(path))
     finally:
+        monkeypatch.setattr(db_sqlite.sqlite3, "connect", real_connect)
+        if reader.in_transaction:
+            reader.rollback()
         reader.close()
+    assert any("RESTART" in sql for sql in issued), issued
     await db.execute("INSERT INTO t (v) VALUES ('next')")
     # without the RESTART, the next write appends to the 200 frames: a log under steady writes only grows
     assert log_frames(path) < 10, log_frames(path)
     assert (await db.fetchone("SELECT count(*) FROM t"))[0] == 201  # type: ignore[index]
+
+
+async def test_a_restart_that_finds_a_reader_still_reading_gives_up_and_says_so(
+        db: SqliteDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_sqlite, "RESTART_FRAMES", 50)
+    path = tmp_path / "two.db"
+    for i in range(100):
+        await db.execute("INSERT INTO t (v) VALUES (?)", (f"before {i}",))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    for i in range(100):
+        await db.execute("INSERT INTO t (v) VALUES (?)", (f"after {i}",))
+    try:
+        with capture_logs() as logs:
+            await asyncio.to_thread(db_sqlite._checkpoint, str(path), 20)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert [entry for entry in logs if entry["event"] == "db.wal_restart_deferred"], logs
+    await db.execute("INSERT INTO t (v) VALUES ('writes go on')")
+    assert (await db.fetchone("SELECT count(*) FROM t"))[0] == 201  # type: ignore[index]
+
+
+async def test_a_restart_waits_at_most_half_the_busy_timeout(tmp_path: Path) -> None:
+    short = await SqliteDatabase.open(str(tmp_path / "short.db"), busy_timeout_ms=60)
+    try:
+        assert short._restart_wait_ms == 30  # writers held off by it still get their turn
+    finally:
+        await short.close()

@@ -22,8 +22,10 @@ from agent_service.logging import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
-# journal_size_limit: the WAL file is cut back to this size each time the log restarts
-WAL_KEEP_BYTES = 64 * 1024 * 1024
+# journal_size_limit: the WAL file is cut back to this size when the log restarts; above
+# RESTART_FRAMES' pages (16384 x (4096 + 24) bytes ~ 67.5 MB), so a restarted log is reused, not
+# cut and grown again on every restart
+WAL_KEEP_BYTES = 128 * 1024 * 1024
 _PRAGMAS = ("synchronous = NORMAL", "foreign_keys = ON", f"journal_size_limit = {WAL_KEEP_BYTES}")
 SLOW_SECONDS = 0.002  # a statement that held the loop this long, SLOW_STRIKES times in a row, moves to the thread
 SLOW_STRIKES = 3
@@ -34,7 +36,10 @@ CHECKPOINT_ROWS = 2000  # rows changed on the loop's connection between two chec
 # measured, it grew by 300 MB per 30 000 requests, and each page read searching an index of
 # every frame made the request path 30 % slower round after round.
 RESTART_FRAMES = 16384
-RESTART_WAIT_MS = 2000  # how long a RESTART checkpoint waits for writers and readers to let go
+# How long a RESTART checkpoint waits for writers and readers to let go. Every writer of every
+# process waits meanwhile, so briefly; a reader still on an older snapshot then means the next
+# checkpoint tries again. Never more than half the busy timeout writers wait for.
+RESTART_WAIT_MS = 100
 
 
 class SqliteDatabase:
@@ -51,8 +56,10 @@ class SqliteDatabase:
     dialect: Dialect = "sqlite"
     for_update = ""  # BEGIN IMMEDIATE already holds the file's write lock
 
-    def __init__(self, path: str, loop_conn: sqlite3.Connection, thread_conn: aiosqlite.Connection) -> None:
+    def __init__(self, path: str, loop_conn: sqlite3.Connection, thread_conn: aiosqlite.Connection,
+                 busy_timeout_ms: int = 5000) -> None:
         self._path = path
+        self._restart_wait_ms = max(1, min(RESTART_WAIT_MS, busy_timeout_ms // 2))
         self._loop = LoopTx(loop_conn, fallback=True)
         self._loop_tx = LoopTx(loop_conn, fallback=False)
         self._thread = ThreadTx(thread_conn)
@@ -86,7 +93,7 @@ class SqliteDatabase:
         loop_conn.row_factory = sqlite3.Row
         for pragma in ("busy_timeout = 0", "wal_autocheckpoint = 0", *_PRAGMAS):
             loop_conn.execute(f"PRAGMA {pragma}")
-        return cls(path, loop_conn, conn)
+        return cls(path, loop_conn, conn, busy_timeout_ms)
 
     async def close(self) -> None:
         if self._checkpoint is not None:
@@ -191,12 +198,12 @@ class SqliteDatabase:
 
     async def _run_checkpoint(self) -> None:
         try:
-            await asyncio.to_thread(_checkpoint, self._path)
+            await asyncio.to_thread(_checkpoint, self._path, self._restart_wait_ms)
         finally:
             self._checkpoint = None
 
 
-def _checkpoint(path: str) -> None:
+def _checkpoint(path: str, restart_wait_ms: int = RESTART_WAIT_MS) -> None:
     """A passive checkpoint on a connection of its own, on a thread and outside the statement lock:
     it copies the WAL into the database file and syncs it, which can take milliseconds that no
     statement should wait for, and it waits for no one (a reader or another checkpoint: next time).
@@ -209,8 +216,10 @@ def _checkpoint(path: str) -> None:
         try:
             _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if frames >= RESTART_FRAMES:
-                conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                conn.execute(f"PRAGMA busy_timeout = {int(restart_wait_ms)}")
+                busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                if busy:
+                    log.info("db.wal_restart_deferred", frames=frames)
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -57,17 +57,19 @@ class BufferedParser(_AsyncHiredisParser):
 
     async def can_read_destructive(self) -> bool:
         """True when the connection holds bytes nobody asked for (the pool then reconnects it);
-        ConnectionError when the server closed it. What arrived is already in the stream's buffer:
-        the transport moves bytes there the moment the loop sees the socket readable, so the check
-        needs no wait (a `read` of a non-empty buffer returns at once)."""
+        ConnectionError when the server closed or reset it. What arrived is already in the
+        stream: the transport moves bytes, an EOF or a reset there the moment the loop sees the
+        socket readable, so the check needs no wait — and in those cases the read below returns
+        or raises at once, as redis-py's own check would."""
         if not self._connected or self._reader is None:
             raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
         if self._held is not _NOTHING or self._reader.gets() is not NOT_ENOUGH_DATA:
             return True
         stream = self._stream
-        if stream is None or stream.at_eof():
+        if stream is None:
             raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
-        if stream._buffer:  # private, pinned by tests/test_resp.py: StreamReader has no public "is buffered"
+        # `_buffer` is private, pinned by tests/test_resp.py: StreamReader has no public "is buffered"
+        if stream._buffer or stream.at_eof() or stream.exception() is not None:
             return await self.read_from_socket()  # type: ignore[no-any-return]
         return False
 

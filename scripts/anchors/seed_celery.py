@@ -8,10 +8,13 @@ Two shapes, chosen by the environment:
 * bare (no `SEED_DATABASE_URL`): the route only enqueues — no auth, no audit, no SQL row. The
   seed's design at its leanest.
 * same work (`SEED_DATABASE_URL` set): what our route does, written the way a FastAPI + SQLAlchemy
-  service does it — an `X-API-Key` dependency that looks the key's SHA-256 up (joined to its user),
-  then one transaction inserting the task row and the audit row, then the enqueue. It runs on the
-  very tables, indexes and key of ours: bench_http.py creates the database with this service's
-  migrations and bootstrap, so both sides write the same rows into the same schema.
+  service does it — one pooled connection per request (a dependency), an `X-API-Key` dependency
+  that looks the key's SHA-256 up (joined to its user), then one transaction inserting the task row
+  and the audit row, then the enqueue. It runs on the very tables, indexes and key of ours:
+  bench_http.py creates the database with this service's migrations and bootstrap, so both sides
+  write the same rows into the same schema, with the same SQLite pragmas (WAL, synchronous=NORMAL,
+  foreign keys). What differs is the design being compared: ours caches the key, batches audit
+  rows and shares one INSERT among concurrent submissions; the seed writes each in its request.
 
     REDIS_URL=redis://… [SEED_DATABASE_URL=sqlite:///…|postgresql://…] \
         .venv-bench/bin/uvicorn seed_celery:app --app-dir scripts/anchors
@@ -31,8 +34,8 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 celery_app = Celery("agent_service_seed", broker=os.environ["REDIS_URL"])
 celery_app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="agent-tasks",
@@ -78,8 +81,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine = create_async_engine(_engine_url(DATABASE_URL), pool_size=1 if sqlite else 10,
                                      max_overflow=0 if sqlite else 10, connect_args={"timeout": 30} if sqlite else {})
         if sqlite:
-            async with engine.begin() as conn:
-                await conn.execute(text("PRAGMA journal_mode=WAL"))
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     yield
     if engine is not None:
         await engine.dispose()
@@ -101,16 +103,32 @@ _INSERT_AUDIT = text(
     " 'EXECUTE', 'task', :id, :request_id, 'POST', :path, 202, :ip, :ua, '{}')")
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-async def principal(x_api_key: Annotated[str | None, Header()] = None) -> Principal:
-    if not x_api_key or engine is None:
-        raise HTTPException(status_code=401, detail="missing API key")
+async def connection() -> AsyncIterator[AsyncConnection]:
+    """The request's one pooled connection (FastAPI's per-request session pattern)."""
+    assert engine is not None
     async with engine.connect() as conn:
-        row = (await conn.execute(_KEY_LOOKUP, {"hash": hashlib.sha256(x_api_key.encode()).hexdigest(),
-                                                "now": _now()})).first()
+        yield conn
+
+
+Db = Annotated[AsyncConnection, Depends(connection)]
+
+
+async def principal(conn: Db, x_api_key: Annotated[str | None, Header()] = None) -> Principal:
+    if not x_api_key:
+        raise HTTPException(status_code=401, detail="missing API key")
+    row = (await conn.execute(_KEY_LOOKUP, {"hash": hashlib.sha256(x_api_key.encode()).hexdigest(),
+                                            "now": _now()})).first()
     if row is None:
         raise HTTPException(status_code=401, detail="invalid API key")
     return Principal(user_id=row.user_id, api_key_id=row.key_id)
@@ -118,19 +136,19 @@ async def principal(x_api_key: Annotated[str | None, Header()] = None) -> Princi
 
 if DATABASE_URL:
     @app.post("/api/v1/agents/{agent_id}/invoke-async", status_code=202, response_model=TaskAccepted)
-    async def invoke_async(agent_id: str, body: AgentRequest, request: Request,
+    async def invoke_async(agent_id: str, body: AgentRequest, request: Request, conn: Db,
                            who: Annotated[Principal, Depends(principal)]) -> TaskAccepted:
-        assert engine is not None
         task_id, request_id, now = uuid.uuid4().hex, uuid.uuid4().hex, _now()
         payload = json.dumps({"agent_id": agent_id, "request": body.model_dump()})
-        async with engine.begin() as conn:
-            await conn.execute(_INSERT_TASK, {"id": task_id, "owner": who.user_id, "agent": agent_id,
-                                              "request_id": request_id, "session": body.session_id, "now": now,
-                                              "payload": payload})
-            await conn.execute(_INSERT_AUDIT, {"now": now, "actor": f"user:{who.user_id}", "user": who.user_id,
-                                               "key": who.api_key_id, "id": task_id, "request_id": request_id,
-                                               "path": request.url.path, "ip": request.client.host if request.client
-                                               else None, "ua": request.headers.get("user-agent")})
+        # the key lookup began the request's transaction (autobegin): both rows join it
+        await conn.execute(_INSERT_TASK, {"id": task_id, "owner": who.user_id, "agent": agent_id,
+                                          "request_id": request_id, "session": body.session_id, "now": now,
+                                          "payload": payload})
+        await conn.execute(_INSERT_AUDIT, {"now": now, "actor": f"user:{who.user_id}", "user": who.user_id,
+                                           "key": who.api_key_id, "id": task_id, "request_id": request_id,
+                                           "path": request.url.path, "ua": request.headers.get("user-agent"),
+                                           "ip": request.client.host if request.client else None})
+        await conn.commit()
         invoke_agent_async.apply_async((agent_id, body.model_dump()), task_id=task_id)
         return TaskAccepted(task_id=task_id, status="queued")
 else:
