@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,28 @@ async def test_a_restart_waits_at_most_half_the_busy_timeout(tmp_path: Path) -> 
         assert short._restart_wait_ms == 30  # writers held off by it still get their turn
     finally:
         await short.close()
+
+
+async def test_the_loop_connections_setup_waits_out_a_lock(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    first = await SqliteDatabase.open(str(path))
+    await first.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    await first.close()
+    # another connection has the file to itself for a moment (as one closing last, or recovering
+    # a crashed writer's WAL, does); setting up the loop's connection reads the schema meanwhile
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO t DEFAULT VALUES")
+    holder.execute("COMMIT")
+    release = threading.Timer(0.3, holder.close)
+    release.start()
+    try:
+        conn = await asyncio.to_thread(db_sqlite._loop_connection, str(path), 5000)
+    finally:
+        release.join(10)
+    try:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # and never waits from then on
+    finally:
+        conn.close()

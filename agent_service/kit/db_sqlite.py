@@ -86,13 +86,7 @@ class SqliteDatabase:
         conn.row_factory = aiosqlite.Row
         for pragma in (f"busy_timeout = {int(busy_timeout_ms)}", "journal_mode = WAL", *_PRAGMAS):
             await conn.execute(f"PRAGMA {pragma}")
-        # the loop's connection never sleeps on a lock, and never checkpoints as a side effect of
-        # a commit (a checkpoint writes the database file and syncs it): `_maybe_checkpoint` runs
-        # those on a thread
-        loop_conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
-        loop_conn.row_factory = sqlite3.Row
-        for pragma in ("busy_timeout = 0", "wal_autocheckpoint = 0", *_PRAGMAS):
-            loop_conn.execute(f"PRAGMA {pragma}")
+        loop_conn = await asyncio.to_thread(_loop_connection, path, busy_timeout_ms)
         return cls(path, loop_conn, conn, busy_timeout_ms)
 
     async def close(self) -> None:
@@ -201,6 +195,23 @@ class SqliteDatabase:
             await asyncio.to_thread(_checkpoint, self._path, self._restart_wait_ms)
         finally:
             self._checkpoint = None
+
+
+def _loop_connection(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """The loop's connection. It never sleeps on a lock once set up, and never checkpoints as a
+    side effect of a commit (a checkpoint writes the database file and syncs it):
+    `_maybe_checkpoint` runs those on a thread. Its setup, on a thread, does wait out a lock:
+    reading the schema (journal_size_limit needs it) can meet the brief exclusive lock another
+    process takes when its last connection to the file closes."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in ("wal_autocheckpoint = 0", *_PRAGMAS, "busy_timeout = 0"):
+            conn.execute(f"PRAGMA {pragma}")
+    except BaseException:  # broad: a failed or interrupted setup must not leak the connection
+        conn.close()
+        raise
+    return conn
 
 
 def _checkpoint(path: str, restart_wait_ms: int = RESTART_WAIT_MS) -> None:
