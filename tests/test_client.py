@@ -71,6 +71,15 @@ def requests_in(log: str, method: str, path_end: str, status: int | None = None)
             and (status is None or ln.get("status") == status)]
 
 
+def requests_seen(live: Live, method: str, path_end: str, status: int | None = None, *,
+                  at_least: int) -> list[dict[str, Any]]:
+    """`requests_in` once `at_least` such lines are there: a request's access line is written
+    after its response went out, so the client can be done before the line is."""
+    return wait_until(lambda: (found := requests_in(live.web.output(), method, path_end, status))
+                      and len(found) >= at_least and found,
+                      message=lambda: live.web.output()[-3000:])  # type: ignore[no-any-return]
+
+
 class Proxy:
     """A TCP proxy on 127.0.0.1 in a thread of its own. `drop()` cuts every open connection;
     `swallow(marker)` forwards the next request whose bytes contain `marker`, throws its answer away
@@ -313,7 +322,7 @@ def test_wait_follows_the_servers_reconnect_events(live_service: Live, sdk: Agen
     assert_each_chunk_once(seen, 30)
     # the server ended each follow after 1 s with a `reconnect` event; each was resumed, none polled
     assert len(requests_in(live_service.web.output(), "GET", f"/tasks/{handle.id}/events", 200)) >= 5
-    assert len(requests_in(live_service.web.output(), "GET", f"/tasks/{handle.id}")) == 1  # the final read
+    assert len(requests_seen(live_service, "GET", f"/tasks/{handle.id}", at_least=1)) == 1  # the final read
 
 
 @e2e
@@ -323,7 +332,7 @@ def test_a_submit_whose_answer_is_lost_is_retried_and_queued_once(live_service: 
         handle = client.submit("only once", agent="echo")
         assert handle.wait(timeout=20).content == "only once"
         assert [t.task_id for t in client.list_tasks()] == [handle.id]
-    served = requests_in(live_service.web.output(), "POST", "/invoke-async", 202)
+    served = requests_seen(live_service, "POST", "/invoke-async", 202, at_least=2)
     assert len(served) == 2, served  # the lost answer and the retry's (replayed by its Idempotency-Key)
 
 
@@ -338,9 +347,8 @@ def test_wait_polls_when_the_stream_is_refused(live_service: Live, sdk: AgentSer
             next(iter(handle.events()))
         assert refused.value.code == "too_many_streams" and refused.value.retry_after
         assert handle.wait(timeout=20).content == "w0 w1 w2 w3 w4 w5 w6 w7"
-    log = live_service.web.output()
-    assert len(requests_in(log, "GET", f"/tasks/{handle.id}/events", 429)) == 2
-    assert len(requests_in(log, "GET", f"/tasks/{handle.id}", 200)) >= 3  # polled, then the final read
+    requests_seen(live_service, "GET", f"/tasks/{handle.id}", 200, at_least=3)  # polled, then the final read
+    assert len(requests_in(live_service.web.output(), "GET", f"/tasks/{handle.id}/events", 429)) == 2
 
 
 @e2e
