@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from agent_service.agents.schemas import (
     unavailable_reason,
 )
 from agent_service.errors import AgentFailed, AppError, GatewayTimeout, NotFound, ServiceUnavailable, ValidationFailed
+from agent_service.kit import ids
 from agent_service.kit.deps import Deps
 from agent_service.kit.sse import StreamError
 from agent_service.logging import get_logger
@@ -107,7 +107,7 @@ async def _remember(deps: Deps, agent: Agent, req: InvokeRequest, owner_id: str,
 async def invoke(deps: Deps, agent_id: str | None, req: InvokeRequest, *, owner_id: str) -> InvokeResponse:
     agent = resolve_agent(deps, agent_id)
     data = await _input(deps, agent, req, owner_id)
-    ref, metered = uuid.uuid4().hex, deps.part(meter)
+    ref, metered = ids.time_ordered(), deps.part(meter)
     await metered.before(owner_id, ref)
     out = None
     try:
@@ -130,7 +130,7 @@ async def open_stream(
     agent is still an ordinary HTTP error; afterwards failures become an `error` event."""
     agent = resolve_agent(deps, agent_id)
     data = await _input(deps, agent, req, owner_id)
-    ref, metered = uuid.uuid4().hex, deps.part(meter)
+    ref, metered = ids.time_ordered(), deps.part(meter)
     await metered.before(owner_id, ref)  # refused (budget) before the agent's stream exists
     # one deadline for the whole stream: a slow-dripping agent cannot hold a connection forever
     deadline = asyncio.get_running_loop().time() + deps.settings.stream_time_limit

@@ -208,7 +208,7 @@ def _loop_connection(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         for pragma in ("wal_autocheckpoint = 0", *_PRAGMAS, "busy_timeout = 0"):
             conn.execute(f"PRAGMA {pragma}")
-    except BaseException:  # broad: a failed or interrupted setup must not leak the connection
+    except sqlite3.Error:  # a lock past the timeout: the connection is not leaked
         conn.close()
         raise
     return conn

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ import msgspec
 from agent_service.agents.schemas import USAGE_KEY, Usage
 from agent_service.errors import AppError, Forbidden, ServiceUnavailable, TooManyRequests, ValidationFailed
 from agent_service.identity import service as identity
+from agent_service.kit import ids
 from agent_service.kit.coalesce import Coalescer
 from agent_service.kit.deps import Deps
 from agent_service.logging import get_logger
@@ -147,7 +147,7 @@ async def settle(deps: Deps, *, owner_id: str | None, agent_id: str, metadata: d
     usage = usage_in(metadata) or Usage()
     model = metadata.get("model") if isinstance(metadata.get("model"), str) else None
     now = deps.clock()
-    rec = UsageRecord(id=task_id or ref or uuid.uuid4().hex, owner_id=owner_id, api_key_id=api_key_id,
+    rec = UsageRecord(id=task_id or ref or ids.time_ordered(), owner_id=owner_id, api_key_id=api_key_id,
                       task_id=task_id, agent_id=agent_id, model=model, input_tokens=usage.input_tokens,
                       output_tokens=usage.output_tokens, cost=cost_of(deps, model, usage), at=now)
     try:
